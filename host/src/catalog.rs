@@ -1,0 +1,301 @@
+//! The PostgreSQL catalog: which tables to replicate, their columns and keys,
+//! and how each PostgreSQL type is stored in MariaDB. This is the one place
+//! that knows the type mapping; table creation and `verify` both use it.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use crate::source::SourceError;
+
+/// A source table, `schema.name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// Schema, `public` when not given.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table` (schema `public`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let (schema, name) = match s.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => ("public", s),
+        };
+        (!schema.is_empty() && !name.is_empty() && !name.contains('.')).then(|| TableName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The MariaDB table it lands in: `public.T` becomes `T`, `S.T` becomes `S_T`.
+    pub fn target(&self) -> String {
+        target_table(&self.schema, &self.name)
+    }
+
+    /// wal2json's `add-tables` form, with its wildcard and comma escaping.
+    pub fn wal2json_filter(&self) -> String {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace(',', "\\,").replace('.', "\\.").replace('*', "\\*");
+        format!("{}.{}", esc(&self.schema), esc(&self.name))
+    }
+
+    /// A quoted, qualified name for PostgreSQL SQL.
+    pub fn pg_quoted(&self) -> String {
+        format!("{}.{}", pg_ident(&self.schema), pg_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// The MariaDB table for a change routed to `schema.table`.
+pub fn target_table(schema: &str, table: &str) -> String {
+    if schema == "public" {
+        table.to_owned()
+    } else {
+        format!("{schema}_{table}")
+    }
+}
+
+/// Quotes a PostgreSQL identifier.
+pub fn pg_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a MariaDB identifier with backticks, doubling embedded backticks.
+pub fn my_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// One column of a source table.
+#[derive(Clone, Debug)]
+pub struct ColumnDef {
+    /// Column name.
+    pub name: String,
+    /// PostgreSQL type as `format_type` prints it.
+    pub pg_type: String,
+    /// Declared NOT NULL.
+    pub not_null: bool,
+}
+
+/// A source table's shape.
+#[derive(Clone, Debug)]
+pub struct TableDef {
+    /// Its name.
+    pub name: TableName,
+    /// Columns in order.
+    pub columns: Vec<ColumnDef>,
+    /// Primary-key column names in key order; empty when there is none.
+    pub primary_key: Vec<String>,
+}
+
+/// Reads a table's definition, refusing tables whose updates and deletes
+/// wal2json could not describe.
+pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, SourceError> {
+    let sql_err = |e: tokio_postgres::Error| SourceError::Query(e.to_string());
+    let rel = pg
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(sql_err)?
+        .ok_or_else(|| SourceError::NoSuchTable(table.clone()))?;
+    let oid: u32 = rel.get(0);
+    let identity: String = rel.get(1);
+    let columns = pg
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(sql_err)?
+        .iter()
+        .map(|r| ColumnDef {
+            name: r.get(0),
+            pg_type: r.get(1),
+            not_null: r.get(2),
+        })
+        .collect();
+    let primary_key = pg
+        .query(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&oid],
+        )
+        .await
+        .map_err(sql_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<Vec<String>>();
+    // 'd' default (primary key), 'f' full, 'i' index, 'n' nothing.
+    let identifiable = match identity.as_str() {
+        "d" => !primary_key.is_empty(),
+        "f" | "i" => true,
+        _ => false,
+    };
+    if !identifiable || primary_key.is_empty() {
+        return Err(SourceError::NoKey(table.clone()));
+    }
+    Ok(TableDef {
+        name: table.clone(),
+        columns,
+        primary_key,
+    })
+}
+
+/// The MariaDB column type for a PostgreSQL type. Key columns of unbounded
+/// text or binary get a bounded type, since InnoDB keys are limited to 3072 bytes.
+pub fn mariadb_type(pg_type: &str, is_key: bool) -> String {
+    let (base, args) = match pg_type.split_once('(') {
+        Some((b, rest)) => (b.trim(), rest.split_once(')').map(|(a, tail)| (a, tail.trim()))),
+        None => (pg_type, None),
+    };
+    let base = match args {
+        // `timestamp(3) without time zone` puts the precision in the middle.
+        Some((_, tail)) if !tail.is_empty() => format!("{base} {tail}"),
+        _ => base.to_owned(),
+    };
+    let args = args.map(|(a, _)| a);
+    if base.ends_with("[]") {
+        return unbounded_text(is_key);
+    }
+    match (base.as_str(), args) {
+        ("smallint", _) => "SMALLINT".into(),
+        ("integer", _) => "INT".into(),
+        ("bigint", _) => "BIGINT".into(),
+        ("boolean", _) => "BOOLEAN".into(),
+        ("real", _) => "FLOAT".into(),
+        ("double precision", _) => "DOUBLE".into(),
+        ("numeric", Some(ps)) => {
+            let mut it = ps.split(',').map(|s| s.trim().parse::<u32>().unwrap_or(0));
+            let (p, s) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+            if (1..=65).contains(&p) && s <= 30 {
+                format!("DECIMAL({p},{s})")
+            } else {
+                unbounded_text(is_key)
+            }
+        }
+        ("numeric", None) => "DECIMAL(65,30)".into(),
+        ("character varying", Some(n)) => format!("VARCHAR({n})"),
+        ("character", Some(n)) => format!("CHAR({n})"),
+        ("character varying" | "text" | "name" | "citext", _) => unbounded_text(is_key),
+        ("date", _) => "DATE".into(),
+        ("time without time zone", _) => "TIME(6)".into(),
+        ("timestamp without time zone" | "timestamp with time zone", _) => "DATETIME(6)".into(),
+        ("bytea", _) => {
+            if is_key {
+                "VARBINARY(3072)".into()
+            } else {
+                "LONGBLOB".into()
+            }
+        }
+        ("json" | "jsonb", _) => "JSON".into(),
+        ("uuid", _) => "CHAR(36)".into(),
+        _ => unbounded_text(is_key),
+    }
+}
+
+fn unbounded_text(is_key: bool) -> String {
+    if is_key { "VARCHAR(768)".into() } else { "LONGTEXT".into() }
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for the table's MariaDB copy.
+pub fn create_table_sql(def: &TableDef) -> String {
+    let mut cols: Vec<String> = def
+        .columns
+        .iter()
+        .map(|c| {
+            let is_key = def.primary_key.contains(&c.name);
+            let null = if c.not_null || is_key { " NOT NULL" } else { " NULL" };
+            format!("{} {}{}", my_ident(&c.name), mariadb_type(&c.pg_type, is_key), null)
+        })
+        .collect();
+    cols.push(format!(
+        "PRIMARY KEY ({})",
+        def.primary_key.iter().map(|k| my_ident(k)).collect::<Vec<_>>().join(", ")
+    ));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  {}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        my_ident(&def.name.target()),
+        cols.join(",\n  ")
+    )
+}
+
+/// SQL expressions that print a column the same way on both sides, for `verify`.
+pub fn canonical_exprs(column: &ColumnDef) -> (String, String) {
+    let pg = pg_ident(&column.name);
+    let my = my_ident(&column.name);
+    let t = column.pg_type.as_str();
+    if t == "boolean" {
+        (format!("CASE WHEN {pg} THEN '1' ELSE '0' END"), format!("CAST({my} AS CHAR)"))
+    } else if t == "bytea" {
+        (format!("encode({pg}, 'hex')"), format!("LOWER(HEX({my}))"))
+    } else if t.starts_with("timestamp") && t.ends_with("with time zone") {
+        (
+            format!("to_char({pg} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"),
+            format!("DATE_FORMAT({my}, '%Y-%m-%d %H:%i:%s.%f')"),
+        )
+    } else if t.starts_with("timestamp") {
+        (
+            format!("to_char({pg}, 'YYYY-MM-DD HH24:MI:SS.US')"),
+            format!("DATE_FORMAT({my}, '%Y-%m-%d %H:%i:%s.%f')"),
+        )
+    } else if t.starts_with("time") {
+        (format!("to_char({pg}, 'HH24:MI:SS.US')"), format!("TIME_FORMAT({my}, '%H:%i:%s.%f')"))
+    } else if t == "json" || t == "jsonb" {
+        // Both sides normalised to jsonb's canonical text.
+        (format!("({pg})::jsonb::text"), format!("CAST({my} AS CHAR)"))
+    } else {
+        (format!("({pg})::text"), format!("CAST({my} AS CHAR)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_table_names() {
+        let t = TableName::parse("public.itrequests").expect("valid");
+        assert_eq!((t.schema.as_str(), t.name.as_str()), ("public", "itrequests"));
+        assert_eq!(TableName::parse("orders").expect("valid").schema, "public");
+        assert_eq!(TableName::parse("sales.orders").expect("valid").target(), "sales_orders");
+        assert!(TableName::parse("a.b.c").is_none());
+        assert!(TableName::parse("").is_none());
+    }
+
+    #[test]
+    fn maps_types() {
+        assert_eq!(mariadb_type("character varying(60)", false), "VARCHAR(60)");
+        assert_eq!(mariadb_type("numeric(10,2)", false), "DECIMAL(10,2)");
+        assert_eq!(mariadb_type("timestamp(3) without time zone", false), "DATETIME(6)");
+        assert_eq!(mariadb_type("text", true), "VARCHAR(768)");
+        assert_eq!(mariadb_type("integer[]", false), "LONGTEXT");
+        assert_eq!(my_ident("we`ird"), "`we``ird`");
+    }
+
+    #[test]
+    fn creates_seed_table() {
+        let def = TableDef {
+            name: TableName::parse("itrequests").expect("valid"),
+            columns: vec![
+                ColumnDef { name: "requestid".into(), pg_type: "integer".into(), not_null: true },
+                ColumnDef { name: "details".into(), pg_type: "character varying(60)".into(), not_null: true },
+            ],
+            primary_key: vec!["requestid".into()],
+        };
+        let sql = create_table_sql(&def);
+        assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS `itrequests`"));
+        assert!(sql.contains("`details` VARCHAR(60) NOT NULL"));
+        assert!(sql.contains("PRIMARY KEY (`requestid`)"));
+    }
+}
