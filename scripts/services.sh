@@ -14,7 +14,7 @@ die() { printf 'services: %s\n' "$*" >&2; exit 1; }
 pg_ver="$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n1)"
 [ -n "$pg_ver" ] || die "no PostgreSQL cluster under /etc/postgresql; install the postgresql package first."
 pg_conf="/etc/postgresql/$pg_ver/main"
-psql_admin() { runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d "${PSQL_DB:-postgres}" "$@"; }
+psql_admin() { PGOPTIONS="-c client_min_messages=warning" runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d "${PSQL_DB:-postgres}" "$@"; }
 
 pg_running() { pg_lsclusters -h | awk -v v="$pg_ver" '$1==v && $2=="main" {print $4}' | grep -q online; }
 pg_start() { pg_ctlcluster --skip-systemctl-redirect "$pg_ver" main start; }
@@ -45,10 +45,17 @@ set_if() { # set_if NAME VALUE: ALTER SYSTEM only when the value differs
         changed=1
     fi
 }
-set_if wal_level logical "logical"
-# Tests run several pipelines side by side; each holds one slot and one walsender.
-[ "$(setting max_replication_slots)" -ge 32 ] || { psql_admin -c "ALTER SYSTEM SET max_replication_slots = 32"; changed=1; }
-[ "$(setting max_wal_senders)" -ge 32 ] || { psql_admin -c "ALTER SYSTEM SET max_wal_senders = 32"; changed=1; }
+# postgresql/wasmcdc.conf is the one list of settings; docker-compose.yml mirrors it.
+while IFS='=' read -r name value; do
+    name="$(echo "$name" | xargs)"; value="$(echo "$value" | xargs)"
+    [ -n "$name" ] && [ "${name#\#}" = "$name" ] || continue
+    if [[ "$value" =~ ^[0-9]+$ ]]; then
+        # A numeric setting only ever grows: never lower what the machine already has.
+        [ "$(setting "$name")" -ge "$value" ] || { psql_admin -c "ALTER SYSTEM SET $name = $value"; changed=1; }
+    else
+        set_if "$name" "$value" "$value"
+    fi
+done < "$here/postgresql/wasmcdc.conf"
 # Some builds only load output plugins that this list names.
 if [ -n "$(psql_admin -Atc "select 1 from pg_settings where name = 'output_plugin_libraries'")" ]; then
     current="$(setting output_plugin_libraries)"
