@@ -2,3 +2,4 @@
 //! WebAssembly transforms. The modules follow the data's path.
 
 pub mod change;
+pub mod transform;
