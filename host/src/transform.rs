@@ -25,7 +25,9 @@ mod wit {
     pub use self::wasmcdc::transform::types::*;
 }
 
-/// Wasm stack per call; host threads that run guests need a stack well above it.
+/// Stack size for host threads that call [`TransformChain::apply`]: well above the wasm stack.
+pub const THREAD_STACK: usize = 8 << 20;
+/// Wasm stack per call; exhausting the host's own stack would abort the process.
 const MAX_WASM_STACK: usize = 512 * 1024;
 /// How often the engine's epoch advances.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -87,11 +89,10 @@ pub enum TransformError {
     )]
     BadInput { line: usize, reason: String },
     /// A trial input line could not be transformed.
-    #[error("line {line}: {source}")]
+    #[error("line {line}: {error}")]
     AtLine {
         line: usize,
-        #[source]
-        source: Box<TransformError>,
+        error: Box<TransformError>,
     },
     /// The trial input could not be read.
     #[error("the input could not be read ({0}); check that it is readable text")]
@@ -159,6 +160,7 @@ pub fn run_test(
     mut output: impl Write,
 ) -> Result<(), TransformError> {
     let mut chain = TransformChain::load(paths)?;
+    // Trial changes have no source transaction; guests see a fixed, recognisable one.
     let ctx = TxContext {
         xid: 0,
         commit_lsn: Lsn(0),
@@ -178,7 +180,7 @@ pub fn run_test(
             .apply(change, &ctx)
             .map_err(|e| TransformError::AtLine {
                 line: line_no,
-                source: Box::new(e),
+                error: Box::new(e),
             })?;
         for change in changes {
             serde_json::to_writer(&mut output, &change)
@@ -273,6 +275,7 @@ impl Module {
         };
         let mut store = Store::new(engine()?, guest);
         store.limiter(|guest| &mut guest.limits);
+        // Instantiation runs the guest's start code, which needs a deadline too.
         store.set_epoch_deadline(CALL_TICKS);
         let mut instance = match self.pre.instantiate(&mut store) {
             Ok(bindings) => Instance {
@@ -282,7 +285,7 @@ impl Module {
                 stderr,
             },
             Err(e) => {
-                let reason = describe_failure(&e, &store);
+                let reason = describe_failure(&self.name, &e, &store);
                 log_output(&self.name, &stdout, &stderr);
                 return Err(TransformError::Start {
                     module: self.name.clone(),
@@ -301,7 +304,7 @@ impl Module {
             }),
             Err(e) => Err(TransformError::Start {
                 module: self.name.clone(),
-                reason: describe_failure(&e, &instance.store),
+                reason: describe_failure(&self.name, &e, &instance.store),
             }),
         }
     }
@@ -313,12 +316,7 @@ impl Module {
     ) -> Result<Vec<wit::Change>, TransformError> {
         let instance = match &mut self.instance {
             Some(instance) => instance,
-            None => self
-                .instance
-                .insert(self.start().map_err(|e| TransformError::Failed {
-                    module: self.name.clone(),
-                    reason: format!("its instance could not be recreated: {e}"),
-                })?),
+            None => self.instance.insert(self.start()?),
         };
         instance.store.data_mut().limits.memory_denied = false;
         instance.store.set_epoch_deadline(CALL_TICKS);
@@ -333,7 +331,7 @@ impl Module {
                 message,
             }),
             Err(e) => {
-                let reason = describe_failure(&e, &instance.store);
+                let reason = describe_failure(&self.name, &e, &instance.store);
                 self.instance = None;
                 Err(TransformError::Failed {
                     module: self.name.clone(),
@@ -365,9 +363,9 @@ fn error_text(error: &wasmtime::Error) -> String {
 }
 
 /// Says in words why a guest call failed.
-fn describe_failure(error: &wasmtime::Error, store: &Store<Guest>) -> String {
+fn describe_failure(module: &str, error: &wasmtime::Error, store: &Store<Guest>) -> String {
     // The wasm backtrace helps the module's author, not the change's reader.
-    tracing::debug!("guest failure: {error:?}");
+    tracing::debug!(module, "guest failure: {error:?}");
     if store.data().limits.memory_denied {
         return format!(
             "it needed more than its {} MiB of memory",
