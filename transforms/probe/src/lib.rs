@@ -42,7 +42,10 @@ fn respond(change: Change) -> Result<Vec<Change>, String> {
         "reject" => Err("rejected on request".to_owned()),
         "drop" => Ok(Vec::new()),
         "fanout" => {
-            let copy = Change { table: "fanout_copy".to_owned(), ..change.clone() };
+            let copy = Change {
+                table: "fanout_copy".to_owned(),
+                ..change.clone()
+            };
             Ok(vec![change, copy])
         }
         _ => Ok(vec![change]),
