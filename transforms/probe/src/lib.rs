@@ -1,0 +1,106 @@
+//! A transform that misbehaves on request, to test the host's sandbox. The
+//! change's table name picks the behaviour; any other table passes through.
+
+// The generated bindings flatten a change into many core-wasm parameters.
+#![allow(clippy::too_many_arguments)]
+
+wit_bindgen::generate!({ path: "../../wit", world: "transformer" });
+
+use std::hint::black_box;
+
+struct Probe;
+
+impl Guest for Probe {
+    fn init(_config: Vec<(String, String)>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn transform(change: Change, _ctx: TxContext) -> Result<Vec<Change>, String> {
+        match change.table.as_str() {
+            "panic" => panic!("panicking on request"),
+            "spin" => spin(),
+            "hog" => hog(),
+            "recurse" => {
+                let depth = recurse(change.columns.len() as u64);
+                Ok(vec![change; usize::from(depth == 1) + 1])
+            }
+            "print" => {
+                println!("stdout from probe");
+                eprintln!("stderr from probe");
+                Ok(vec![change])
+            }
+            _ => respond(change),
+        }
+    }
+}
+
+export!(Probe);
+
+/// The well-behaved cases: reject, drop, fan out, or pass.
+fn respond(change: Change) -> Result<Vec<Change>, String> {
+    match change.table.as_str() {
+        "reject" => Err("rejected on request".to_owned()),
+        "drop" => Ok(Vec::new()),
+        "fanout" => {
+            let copy = Change {
+                table: "fanout_copy".to_owned(),
+                ..change.clone()
+            };
+            Ok(vec![change, copy])
+        }
+        _ => Ok(vec![change]),
+    }
+}
+
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Reserves memory without touching it, so the memory limit, not the time
+/// limit, is what stops it.
+fn hog() -> ! {
+    let mut held = Vec::new();
+    loop {
+        held.push(black_box(Vec::<u8>::with_capacity(16 << 20)));
+    }
+}
+
+/// Recurses until the wasm stack runs out. Nothing is kept in linear memory,
+/// so it is the host's stack limit, not the guest's own stack, that stops it;
+/// the subtraction keeps the compiler from turning it into a loop.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    depth.wrapping_sub(recurse(depth + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmcdc::transform::types::Op;
+
+    fn change(table: &str) -> Change {
+        Change {
+            op: Op::Insert,
+            schema: "public".into(),
+            table: table.into(),
+            columns: Vec::new(),
+            key: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn responds_by_table_name() {
+        assert!(respond(change("reject")).is_err());
+        assert!(respond(change("drop")).expect("drop").is_empty());
+        let fanned = respond(change("fanout")).expect("fanout");
+        assert_eq!(fanned.len(), 2);
+        assert_eq!(fanned[1].table, "fanout_copy");
+        assert_eq!(respond(change("other")).expect("pass").len(), 1);
+    }
+}
