@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     // Guest calls run on these threads: give them a stack well above wasmtime's max_wasm_stack.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(8 << 20)
+        .thread_stack_size(wasmcdc::transform::THREAD_STACK)
         .build()
     {
         Ok(rt) => rt,
