@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -109,6 +111,9 @@ pub enum Error {
     /// A transform module.
     #[error(transparent)]
     Transform(#[from] TransformError),
+    /// The target cannot be brought up to date from the slot; never retried.
+    #[error("{0}")]
+    Diverged(String),
     /// Something else, already phrased for the user.
     #[error("{0}")]
     Other(String),
@@ -142,9 +147,9 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
     }
     let settings = cli.settings()?;
     match cli.command {
-        Command::Run => run(&settings, shutdown).await?,
-        Command::Capture => capture_only(&settings, shutdown).await?,
-        Command::Apply => apply_only(&settings, shutdown).await?,
+        Command::Run => supervise("the pipeline", &shutdown, async |up| run(&settings, shutdown.clone(), up).await).await?,
+        Command::Capture => supervise("the capture", &shutdown, async |up| capture_only(&settings, shutdown.clone(), up).await).await?,
+        Command::Apply => supervise("the apply", &shutdown, async |up| apply_only(&settings, shutdown.clone(), up).await).await?,
         Command::Verify => return verify(&settings).await,
         Command::Status => status(&settings).await?,
         Command::Slot {
@@ -153,6 +158,55 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         Command::Transform { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Set by a pipeline once it is connected and streaming.
+type Up<'a> = &'a AtomicBool;
+
+/// Runs `attempt` until it ends cleanly or `shutdown` fires.
+///
+/// An attempt that fails before it was ever up ends the command: bad settings
+/// should be reported at once. Once a pipeline has run, a failure (a server
+/// restarting, a connection dropped) is retried with exponential backoff,
+/// which is safe because delivery is at-least-once and the apply skips what it
+/// already holds.
+async fn supervise(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: impl AsyncFnMut(Up<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    const FIRST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(30);
+    let up = AtomicBool::new(false);
+    let mut delay = FIRST;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let started = Instant::now();
+        let error = match attempt(&up).await {
+            Ok(()) => return Ok(()),
+            Err(e @ Error::Diverged(_)) => return Err(e),
+            Err(e) if !up.load(Ordering::Relaxed) => return Err(e),
+            Err(e) => e,
+        };
+        if shutdown.is_cancelled() {
+            return Err(error);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            delay = FIRST;
+            failing_since = None;
+        }
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        tracing::warn!(
+            "{what} stopped: {error}; retrying in {} s (failing for {} s)",
+            delay.as_secs(),
+            since.elapsed().as_secs()
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(LONGEST);
+    }
 }
 
 /// Source checks shared by every command that reads PostgreSQL.
@@ -171,7 +225,7 @@ fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
     Ok(chain)
 }
 
-async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<(), Error> {
+async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
     let (target, pg, defs) = source_tables(settings).await?;
     let chain = load_chain(settings)?;
     let pool = apply::connect(&settings.mariadb_url).await?;
@@ -186,14 +240,14 @@ async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<(), Err
     let offset = apply::applied_offset(&pool, &settings.slot).await?.filter(|l| l.0 > 0);
     match (existed, offset) {
         (false, Some(offset)) => {
-            return Err(Error::Other(format!(
+            return Err(Error::Diverged(format!(
                 "the target has applied up to {offset} for pipeline '{}', but its replication slot was gone and had to be recreated, so changes made in between are missing; re-copy the tables, then run `wasmcdc slot drop` and start again",
                 settings.slot
             )));
         }
         (false, None) => apply::set_offset(&pool, &settings.slot, slot.confirmed_flush).await?,
         (true, Some(offset)) if slot.confirmed_flush > offset && publisher.depths().await?.0 == 0 => {
-            return Err(Error::Other(format!(
+            return Err(Error::Diverged(format!(
                 "replication slot '{}' was confirmed up to {}, but the target has applied only up to {offset} and the queue is empty, so changes in between were lost; re-copy the tables, then run `wasmcdc slot drop` and start again",
                 settings.slot, slot.confirmed_flush
             )));
@@ -201,6 +255,7 @@ async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<(), Err
         (true, _) => {}
     }
     drop(pg);
+    up.store(true, Ordering::Relaxed);
 
     // Either half failing stops the other; both drain on shutdown.
     let stop = shutdown.child_token();
@@ -224,12 +279,13 @@ async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<(), Err
     Ok(())
 }
 
-async fn capture_only(settings: &Settings, shutdown: CancellationToken) -> Result<(), Error> {
+async fn capture_only(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
     let (target, pg, _) = source_tables(settings).await?;
     drop(pg);
     let chain = load_chain(settings)?;
     let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
     broker.declare().await?;
+    up.store(true, Ordering::Relaxed);
     let result = capture::run(
         &settings.slot,
         &target,
@@ -244,13 +300,14 @@ async fn capture_only(settings: &Settings, shutdown: CancellationToken) -> Resul
     Ok(result?)
 }
 
-async fn apply_only(settings: &Settings, shutdown: CancellationToken) -> Result<(), Error> {
+async fn apply_only(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
     let (_, pg, defs) = source_tables(settings).await?;
     drop(pg);
     let pool = apply::connect(&settings.mariadb_url).await?;
     apply::prepare(&pool, &defs).await?;
     let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
     broker.declare().await?;
+    up.store(true, Ordering::Relaxed);
     let result = apply::run(&settings.slot, &broker, &pool, &ApplyOptions::default(), shutdown).await;
     broker.close().await;
     Ok(result?)
