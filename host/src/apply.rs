@@ -159,12 +159,15 @@ struct Unit {
     transforms: Vec<String>,
     transactions: Vec<Transaction>,
     changes: usize,
+    /// A re-driven dead letter: applied regardless of the offset, which it leaves alone.
+    replay: bool,
 }
 
 impl Unit {
     fn from_message(m: Message) -> Self {
         Unit {
             last_lsn: m.last_lsn,
+            replay: m.replay,
             changes: m.change_count(),
             pipeline: m.pipeline,
             transforms: m.transforms,
@@ -182,6 +185,7 @@ impl Unit {
             xids: transactions.iter().map(|t| t.context.xid).collect(),
             transforms: self.transforms.clone(),
             chunk: None,
+            replay: false,
             transactions,
         }
     }
@@ -381,6 +385,7 @@ async fn apply_one_by_one(pool: &MySqlPool, broker: &Broker, pipeline: &str, uni
             transforms: unit.transforms.clone(),
             transactions: vec![tx.clone()],
             changes: tx.changes.len(),
+            replay: unit.replay,
         };
         match apply_units(pool, pipeline, std::slice::from_ref(&single)).await {
             Ok(()) => {}
@@ -420,7 +425,7 @@ async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result
         .map_or(Lsn(0), |r| Lsn(r.get::<u64, _>(0)));
     let start = offset;
     for unit in units {
-        if unit.last_lsn <= offset {
+        if unit.last_lsn <= offset && !unit.replay {
             tracing::debug!(lsn = %unit.last_lsn, "skipping a message that is already applied");
             continue;
         }
@@ -429,7 +434,9 @@ async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result
                 apply_change(&mut tx, change).await?;
             }
         }
-        offset = unit.last_lsn;
+        if !unit.replay {
+            offset = unit.last_lsn;
+        }
     }
     if offset != start {
         let update = format!(

@@ -282,6 +282,7 @@ impl Capture<'_> {
                     xids: vec![open.context.xid],
                     transforms: self.chain.hashes().to_vec(),
                     chunk: None,
+                    replay: false,
                     transactions: vec![Transaction {
                         context: open.context.clone(),
                         changes: vec![original],
@@ -387,6 +388,7 @@ impl Capture<'_> {
             xids: transactions.iter().map(|t| t.context.xid).collect(),
             transforms: self.chain.hashes().to_vec(),
             chunk,
+            replay: false,
             transactions,
         };
         let confirm = self.broker.publish(&message).await?;

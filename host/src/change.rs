@@ -187,6 +187,10 @@ pub struct Message {
     /// Set when the message is one slice of a larger transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<Chunk>,
+    /// Set when `wasmcdc dlq replay` re-drives a dead letter: it is applied
+    /// even though the offset has moved past it, and it does not move the offset.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
     /// The transactions, in commit order.
     pub transactions: Vec<Transaction>,
 }

@@ -67,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: SlotCommand,
     },
+    /// Inspect and re-drive dead-lettered changes.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Work with transform components offline.
     Transform {
         #[command(subcommand)]
@@ -78,6 +83,21 @@ enum Command {
 enum SlotCommand {
     /// Drop the pipeline's slot, broker objects and offsets row (target tables are kept).
     Drop,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print the dead letters (they stay in the queue).
+    List {
+        /// Print at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send the dead letters back through the pipeline, after their cause is fixed.
+    ///
+    /// Changes a transform refused run through the current --transform chain again;
+    /// changes MariaDB refused are applied as they were. What still fails stays in the queue.
+    Replay,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +172,12 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         Command::Apply => supervise("the apply", &shutdown, async |up| apply_only(&settings, shutdown.clone(), up).await).await?,
         Command::Verify => return verify(&settings).await,
         Command::Status => status(&settings).await?,
+        Command::Dlq {
+            command: DlqCommand::List { limit },
+        } => dlq_list(&settings, limit).await?,
+        Command::Dlq {
+            command: DlqCommand::Replay,
+        } => return dlq_replay(&settings).await,
         Command::Slot {
             command: SlotCommand::Drop,
         } => slot_drop(&settings).await?,
@@ -413,4 +439,86 @@ pub async fn shutdown_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
     shutdown.cancel();
+}
+
+async fn dlq_list(settings: &Settings, limit: usize) -> Result<(), Error> {
+    let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
+    broker.declare().await?;
+    let (_, total) = broker.depths().await?;
+    println!("{total} dead letters in {}", broker.names.dlq);
+    let mut shown = 0;
+    while shown < limit.min(total as usize) {
+        let Some(dead) = broker.next_dead_letter().await? else { break };
+        shown += 1;
+        let changes = serde_json::from_slice::<crate::change::Message>(&dead.body)
+            .map(|m| format!("{} changes", m.change_count()))
+            .unwrap_or_else(|_| format!("{} bytes, not a change message", dead.body.len()));
+        println!(
+            "#{shown} stage={} lsn={} table={} ({changes})\n    {}",
+            dead.stage,
+            if dead.lsn.is_empty() { "-" } else { &dead.lsn },
+            if dead.table.is_empty() { "-" } else { &dead.table },
+            dead.reason
+        );
+    }
+    // Closing the channel returns every message read, unsettled, to the queue.
+    broker.close().await;
+    Ok(())
+}
+
+async fn dlq_replay(settings: &Settings) -> Result<ExitCode, Error> {
+    let mut chain = load_chain(settings)?;
+    let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
+    broker.declare().await?;
+    let (_, total) = broker.depths().await?;
+    let (mut replayed, mut kept) = (0usize, 0usize);
+    // Kept letters stay unsettled until the end, so each is read once.
+    let mut keep = Vec::new();
+    for _ in 0..total {
+        let Some(dead) = broker.next_dead_letter().await? else { break };
+        match replayable(&dead, &settings.slot, &mut chain) {
+            Ok(message) => {
+                broker.publish(&message).await?.wait().await?;
+                broker.settle_dead_letter(dead.tag, true).await?;
+                replayed += 1;
+            }
+            Err(why) => {
+                println!("kept: stage={} lsn={} table={}: {why}", dead.stage, dead.lsn, dead.table);
+                keep.push(dead.tag);
+                kept += 1;
+            }
+        }
+    }
+    for tag in keep {
+        broker.settle_dead_letter(tag, false).await?;
+    }
+    broker.close().await;
+    println!("replayed {replayed}, kept {kept}");
+    Ok(if kept == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The message that re-drives a dead letter, or why it cannot be.
+fn replayable(
+    dead: &crate::queue::DeadMessage,
+    pipeline: &str,
+    chain: &mut TransformChain,
+) -> Result<crate::change::Message, String> {
+    let mut message: crate::change::Message = serde_json::from_slice(&dead.body)
+        .map_err(|_| "it is not a change message (undecodable source output cannot be replayed)".to_owned())?;
+    if message.pipeline != pipeline {
+        return Err(format!("it belongs to pipeline '{}'", message.pipeline));
+    }
+    if dead.stage == "transform" {
+        for tx in &mut message.transactions {
+            let mut out = Vec::new();
+            for change in std::mem::take(&mut tx.changes) {
+                out.extend(chain.apply(change, &tx.context).map_err(|e| format!("still refused: {e}"))?);
+            }
+            tx.changes = out;
+        }
+        message.transforms = chain.hashes().to_vec();
+    }
+    message.chunk = None;
+    message.replay = true;
+    Ok(message)
 }

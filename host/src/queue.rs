@@ -140,7 +140,7 @@ impl Broker {
             .await
             .map_err(broker("declaring the dead-letter exchange"))?;
         self.channel
-            .queue_declare(n.dlq.as_str().into(), QueueDeclareOptions::durable(), quorum_args(None))
+            .queue_declare(n.dlq.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
             .await
             .map_err(broker("declaring the dead-letter queue"))?;
         self.channel
@@ -158,7 +158,7 @@ impl Broker {
             .await
             .map_err(broker("declaring the exchange"))?;
         self.channel
-            .queue_declare(n.queue.as_str().into(), QueueDeclareOptions::durable(), quorum_args(Some(&n.dlx)))
+            .queue_declare(n.queue.as_str().into(), QueueDeclareOptions::durable(), quorum_args(&n.dlx))
             .await
             .map_err(broker("declaring the queue"))?;
         self.channel
@@ -259,6 +259,45 @@ impl Broker {
             .map_err(broker("acknowledging"))
     }
 
+    /// Takes the next dead letter without settling it; it stays unacknowledged until settled or the connection closes.
+    pub async fn next_dead_letter(&self) -> Result<Option<DeadMessage>, QueueError> {
+        let got = self
+            .channel
+            .basic_get(self.names.dlq.as_str().into(), lapin::options::BasicGetOptions { no_ack: false })
+            .await
+            .map_err(broker("reading the dead-letter queue"))?;
+        Ok(got.map(|m| {
+            let d = m.delivery;
+            let headers = d.properties.headers().as_ref();
+            let stage = header(headers, "x-wasmcdc-stage");
+            DeadMessage {
+                tag: d.delivery_tag,
+                reason: header(headers, "x-wasmcdc-reason").unwrap_or_else(|| {
+                    "RabbitMQ dead-lettered it after too many delivery attempts (the apply failed on it repeatedly)".into()
+                }),
+                stage: stage.unwrap_or_else(|| "broker".into()),
+                lsn: header(headers, "x-wasmcdc-lsn").unwrap_or_default(),
+                table: header(headers, "x-wasmcdc-table").unwrap_or_default(),
+                body: d.data,
+            }
+        }))
+    }
+
+    /// Settles a dead letter: removes it, or puts it back.
+    pub async fn settle_dead_letter(&self, tag: u64, remove: bool) -> Result<(), QueueError> {
+        if remove {
+            self.channel
+                .basic_ack(tag, BasicAckOptions { multiple: false })
+                .await
+                .map_err(broker("removing a dead letter"))
+        } else {
+            self.channel
+                .basic_nack(tag, lapin::options::BasicNackOptions { multiple: false, requeue: true })
+                .await
+                .map_err(broker("returning a dead letter"))
+        }
+    }
+
     /// Messages ready in the pipeline's queue and in its dead-letter queue.
     pub async fn depths(&self) -> Result<(u32, u32), QueueError> {
         let passive = QueueDeclareOptions {
@@ -323,14 +362,41 @@ impl PendingConfirm {
     }
 }
 
-fn quorum_args(dead_letter_exchange: Option<&str>) -> FieldTable {
+/// The change queue: quorum, dead-lettering at least once (which needs reject-publish overflow).
+fn quorum_args(dead_letter_exchange: &str) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    if let Some(dlx) = dead_letter_exchange {
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
-        // At-least-once dead-lettering needs reject-publish overflow.
-        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
-        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    for (k, v) in [
+        ("x-queue-type", "quorum"),
+        ("x-dead-letter-exchange", dead_letter_exchange),
+        ("x-dead-letter-strategy", "at-least-once"),
+        ("x-overflow", "reject-publish"),
+    ] {
+        args.insert(k.into(), AMQPValue::LongString(v.into()));
     }
     args
+}
+
+fn header(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// A message read from the dead-letter queue.
+#[derive(Debug)]
+pub struct DeadMessage {
+    /// Delivery tag, to settle it.
+    pub tag: u64,
+    /// Stage that refused it; `broker` when RabbitMQ dead-lettered it (delivery limit).
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+    /// Source commit LSN, where known.
+    pub lsn: String,
+    /// Source table, where known.
+    pub table: String,
+    /// The body as it was.
+    pub body: Vec<u8>,
 }
