@@ -151,9 +151,10 @@ fn typed_value(c: &RawColumn) -> Result<Value, String> {
         INT2 | INT4 | INT8 => Value::Int(text.parse().map_err(|e| format!("'{text}' is not an integer: {e}"))?),
         FLOAT4 | FLOAT8 => Value::Float(text.parse().map_err(|e| format!("'{text}' is not a float: {e}"))?),
         NUMERIC => Value::Numeric(text),
+        // wal2json prints bytea as bare hex; tolerate PostgreSQL's own `\x` prefix too.
         BYTEA => {
-            let hex = text.strip_prefix("\\x").ok_or_else(|| format!("bytea '{text}' is not in hex format"))?;
-            Value::Bytes(hex::decode(hex).map_err(|e| e.to_string())?)
+            let hex = text.strip_prefix("\\x").unwrap_or(&text);
+            Value::Bytes(hex::decode(hex).map_err(|e| format!("bytea is not hex: {e}"))?)
         }
         JSON | JSONB => Value::Json(text),
         DATE => Value::Date(text),
@@ -175,7 +176,7 @@ mod tests {
             begin,
             Event::Begin { xid: 731, commit_lsn: "0/21AFAE0".parse().expect("lsn"), commit_time: "2026-11-26 14:59:09.236558+00".into() }
         );
-        let insert = decode(br#"{"action":"I","xid":731,"lsn":"0/21AF228","schema":"public","table":"itrequests","columns":[{"name":"requestid","type":"integer","typeoid":23,"value":"1"},{"name":"details","type":"character varying(60)","typeoid":1043,"value":"Reset"},{"name":"duedate","type":"date","typeoid":1082,"value":"2026-01-02"},{"name":"fulfilled","type":"boolean","typeoid":16,"value":false},{"name":"b","type":"bytea","typeoid":17,"value":"\\xdead"}],"pk":[{"name":"requestid","type":"integer","typeoid":23}]}"#).expect("insert");
+        let insert = decode(br#"{"action":"I","xid":731,"lsn":"0/21AF228","schema":"public","table":"itrequests","columns":[{"name":"requestid","type":"integer","typeoid":23,"value":"1"},{"name":"details","type":"character varying(60)","typeoid":1043,"value":"Reset"},{"name":"duedate","type":"date","typeoid":1082,"value":"2026-01-02"},{"name":"fulfilled","type":"boolean","typeoid":16,"value":false},{"name":"b","type":"bytea","typeoid":17,"value":"dead"}],"pk":[{"name":"requestid","type":"integer","typeoid":23}]}"#).expect("insert");
         let Event::Change(change) = insert else { panic!("not a change") };
         assert_eq!(change.op, Op::Insert);
         let values: Vec<_> = change.columns.iter().map(|c| c.value.clone()).collect();
