@@ -1,1 +1,15 @@
+//! End-to-end tests: the real `wasmcdc` binary against real PostgreSQL,
+//! RabbitMQ and MariaDB on 127.0.0.1. Build the binary first:
+//!
+//! ```text
+//! cargo build -p wasmcdc && cargo test -p wasmcdc-tests -- --test-threads=2
+//! ```
 
+mod support;
+
+mod bad_input;
+mod identity;
+mod keys;
+mod large_transaction;
+mod restart;
+mod seed;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, MySql, Row};
+use sqlx::{AssertSqlSafe, Connection, MySql, MySqlConnection, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{TableDef, my_ident, target_table};
@@ -78,12 +78,19 @@ pub async fn connect(url: &str) -> Result<MySqlPool, ApplyError> {
     let options: MySqlConnectOptions = url.parse().map_err(|_| ApplyError::BadUrl(masked.clone()))?;
     // utf8mb4 end to end, and UTC so that DATETIME values are the UTC instants captured.
     let options = options.charset("utf8mb4").timezone(Some("+00:00".into()));
-    MySqlPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(15))
-        .connect_with(options)
+    // One direct connection first: the pool would keep retrying a server that is down until its timeout.
+    let first = tokio::time::timeout(Duration::from_secs(10), MySqlConnection::connect_with(&options))
         .await
-        .map_err(|e| connect_error(&masked, e))
+        .map_err(|_| ApplyError::Unreachable {
+            url: masked.clone(),
+            reason: "no answer within 10 s".into(),
+        })?
+        .map_err(|e| connect_error(&masked, e))?;
+    drop(first);
+    Ok(MySqlPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy_with(options))
 }
 
 fn connect_error(url: &str, e: sqlx::Error) -> ApplyError {
@@ -108,6 +115,7 @@ pub async fn prepare(pool: &MySqlPool, defs: &[TableDef]) -> Result<(), ApplyErr
            pipeline VARCHAR(63) NOT NULL PRIMARY KEY, \
            lsn BIGINT UNSIGNED NOT NULL, \
            lsn_text VARCHAR(20) NOT NULL, \
+           state VARCHAR(16) NOT NULL DEFAULT 'streaming', \
            updated_at DATETIME(6) NOT NULL\
          ) ENGINE=InnoDB",
         my_ident(OFFSETS_TABLE)
@@ -120,15 +128,57 @@ pub async fn prepare(pool: &MySqlPool, defs: &[TableDef]) -> Result<(), ApplyErr
     Ok(())
 }
 
-/// The last applied commit LSN of `pipeline`, if it has applied anything.
-pub async fn applied_offset(pool: &MySqlPool, pipeline: &str) -> Result<Option<Lsn>, ApplyError> {
-    let sql = format!("SELECT lsn FROM {} WHERE pipeline = ?", my_ident(OFFSETS_TABLE));
+/// Where a pipeline's target stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The initial copy started and has not finished.
+    Copying,
+    /// Consistent with the source up to this commit LSN.
+    Applied(Lsn),
+}
+
+/// Where `pipeline`'s target stands, if it has a row in the offsets table.
+pub async fn progress(pool: &MySqlPool, pipeline: &str) -> Result<Option<Progress>, ApplyError> {
+    let sql = format!("SELECT lsn, state FROM {} WHERE pipeline = ?", my_ident(OFFSETS_TABLE));
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(pipeline)
         .fetch_optional(pool)
         .await
         .map_err(db_error)?;
-    Ok(row.map(|r| Lsn(r.get::<u64, _>(0))))
+    Ok(row.map(|r| match r.get::<String, _>(1).as_str() {
+        "copying" => Progress::Copying,
+        _ => Progress::Applied(Lsn(r.get::<u64, _>(0))),
+    }))
+}
+
+/// The last applied commit LSN of `pipeline`, if it has applied anything.
+pub async fn applied_offset(pool: &MySqlPool, pipeline: &str) -> Result<Option<Lsn>, ApplyError> {
+    Ok(match progress(pool, pipeline).await? {
+        Some(Progress::Applied(lsn)) => Some(lsn),
+        _ => None,
+    })
+}
+
+/// Marks the start of the initial copy and empties the target tables, so a copy
+/// interrupted by a crash is recognised and redone from the start.
+pub async fn begin_copy(pool: &MySqlPool, pipeline: &str, targets: &[String]) -> Result<(), ApplyError> {
+    set_progress(pool, pipeline, Lsn(0), "copying").await?;
+    for table in targets {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", my_ident(table))))
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Writes copied rows in one MariaDB transaction.
+pub async fn write_rows(pool: &MySqlPool, rows: &[Change]) -> Result<(), ApplyError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    for row in rows {
+        apply_change(&mut tx, row).await.map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)
 }
 
 /// Forgets `pipeline`'s offset.
@@ -177,17 +227,7 @@ impl Unit {
 
     /// The message that carries `transactions` alone, for the dead-letter queue.
     fn message_for(&self, transactions: Vec<Transaction>, last_lsn: Lsn) -> Message {
-        Message {
-            format: MESSAGE_FORMAT,
-            pipeline: self.pipeline.clone(),
-            first_lsn: transactions.first().map_or(last_lsn, |t| t.context.commit_lsn),
-            last_lsn,
-            xids: transactions.iter().map(|t| t.context.xid).collect(),
-            transforms: self.transforms.clone(),
-            chunk: None,
-            replay: false,
-            transactions,
-        }
+        Message::new(&self.pipeline, &self.transforms, transactions, last_lsn)
     }
 }
 
@@ -392,15 +432,13 @@ async fn apply_one_by_one(pool: &MySqlPool, broker: &Broker, pipeline: &str, uni
             Err(e) if is_data_error(&e) => {
                 let table = tx.changes.first().map(Change::qualified_table).unwrap_or_default();
                 tracing::error!(lsn = %tx.context.commit_lsn, xid = tx.context.xid, %table, error = %e, "MariaDB refused a transaction; it goes to the dead-letter queue");
-                let body = serde_json::to_vec(&unit.message_for(vec![tx.clone()], last_lsn))
-                    .map_err(|e| ApplyError::Database(e.to_string()))?;
                 let why = DeadLetter {
                     stage: "apply",
                     reason: format!("MariaDB refused the transaction: {e}"),
                     lsn: tx.context.commit_lsn.to_string(),
                     table,
                 };
-                broker.dead_letter(&body, &why).await?;
+                broker.dead_letter_message(&unit.message_for(vec![tx.clone()], last_lsn), &why).await?;
                 let empty = Unit {
                     transactions: Vec::new(),
                     changes: 0,
@@ -546,15 +584,21 @@ fn bind<'q>(query: MyQuery<'q>, value: &'q Value) -> Result<MyQuery<'q>, sqlx::E
 
 /// Records `lsn` as `pipeline`'s applied position: the target is consistent with the source up to it.
 pub async fn set_offset(pool: &MySqlPool, pipeline: &str, lsn: Lsn) -> Result<(), ApplyError> {
+    set_progress(pool, pipeline, lsn, "streaming").await
+}
+
+async fn set_progress(pool: &MySqlPool, pipeline: &str, lsn: Lsn, state: &str) -> Result<(), ApplyError> {
     let sql = format!(
-        "INSERT INTO {} (pipeline, lsn, lsn_text, updated_at) VALUES (?, ?, ?, UTC_TIMESTAMP(6)) \
-         ON DUPLICATE KEY UPDATE lsn = VALUES(lsn), lsn_text = VALUES(lsn_text), updated_at = VALUES(updated_at)",
+        "INSERT INTO {} (pipeline, lsn, lsn_text, state, updated_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) \
+         ON DUPLICATE KEY UPDATE lsn = VALUES(lsn), lsn_text = VALUES(lsn_text), state = VALUES(state), \
+         updated_at = VALUES(updated_at)",
         my_ident(OFFSETS_TABLE)
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(pipeline)
         .bind(lsn.0)
         .bind(lsn.to_string())
+        .bind(state)
         .execute(pool)
         .await
         .map_err(db_error)?;

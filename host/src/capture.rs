@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::TableName;
-use crate::change::{Change, Chunk, Lsn, MESSAGE_FORMAT, Message, Transaction, TxContext};
+use crate::change::{Change, Chunk, Lsn, Message, Transaction, TxContext};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
@@ -274,28 +274,22 @@ impl Capture<'_> {
             Ok(out) => open.changes.extend(out),
             Err(e) => {
                 tracing::error!(%table, lsn = %open.context.commit_lsn, error = %e, "dead-lettering a change the transform chain refused");
-                let message = Message {
-                    format: MESSAGE_FORMAT,
-                    pipeline: self.pipeline.to_owned(),
-                    first_lsn: open.context.commit_lsn,
-                    last_lsn: open.context.commit_lsn,
-                    xids: vec![open.context.xid],
-                    transforms: self.chain.hashes().to_vec(),
-                    chunk: None,
-                    replay: false,
-                    transactions: vec![Transaction {
+                let message = Message::new(
+                    self.pipeline,
+                    self.chain.hashes(),
+                    vec![Transaction {
                         context: open.context.clone(),
                         changes: vec![original],
                     }],
-                };
-                let body = serde_json::to_vec(&message).map_err(|e| QueueError::NotConfirmed(e.to_string()))?;
+                    open.context.commit_lsn,
+                );
                 let why = DeadLetter {
                     stage: "transform",
                     reason: e.to_string(),
                     lsn: open.context.commit_lsn.to_string(),
                     table,
                 };
-                self.broker.dead_letter(&body, &why).await?;
+                self.broker.dead_letter_message(&message, &why).await?;
             }
         }
         if open.changes.len() >= self.opts.chunk_changes {
@@ -381,15 +375,8 @@ impl Capture<'_> {
 
     async fn publish(&mut self, transactions: Vec<Transaction>, last_lsn: Lsn, chunk: Option<Chunk>) -> Result<(), CaptureError> {
         let message = Message {
-            format: MESSAGE_FORMAT,
-            pipeline: self.pipeline.to_owned(),
-            first_lsn: transactions.first().map_or(last_lsn, |t| t.context.commit_lsn),
-            last_lsn,
-            xids: transactions.iter().map(|t| t.context.xid).collect(),
-            transforms: self.chain.hashes().to_vec(),
             chunk,
-            replay: false,
-            transactions,
+            ..Message::new(self.pipeline, self.chain.hashes(), transactions, last_lsn)
         };
         let confirm = self.broker.publish(&message).await?;
         // Only a transaction's final message moves the confirmed position.

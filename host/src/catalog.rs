@@ -80,6 +80,8 @@ pub struct ColumnDef {
     pub name: String,
     /// PostgreSQL type as `format_type` prints it.
     pub pg_type: String,
+    /// Type OID, of the base type for a domain.
+    pub type_oid: u32,
     /// Declared NOT NULL.
     pub not_null: bool,
 }
@@ -112,7 +114,9 @@ pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, Source
     let identity: String = rel.get(1);
     let columns = pg
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                    CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
         )
@@ -123,6 +127,7 @@ pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, Source
             name: r.get(0),
             pg_type: r.get(1),
             not_null: r.get(2),
+            type_oid: r.get(3),
         })
         .collect();
     let primary_key = pg
@@ -288,8 +293,8 @@ mod tests {
         let def = TableDef {
             name: TableName::parse("itrequests").expect("valid"),
             columns: vec![
-                ColumnDef { name: "requestid".into(), pg_type: "integer".into(), not_null: true },
-                ColumnDef { name: "details".into(), pg_type: "character varying(60)".into(), not_null: true },
+                ColumnDef { name: "requestid".into(), pg_type: "integer".into(), type_oid: 23, not_null: true },
+                ColumnDef { name: "details".into(), pg_type: "character varying(60)".into(), type_oid: 1043, not_null: true },
             ],
             primary_key: vec!["requestid".into()],
         };

@@ -196,6 +196,21 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message carrying whole `transactions` and accounting for the source up to `last_lsn`.
+    pub fn new(pipeline: &str, transforms: &[String], transactions: Vec<Transaction>, last_lsn: Lsn) -> Self {
+        Message {
+            format: MESSAGE_FORMAT,
+            pipeline: pipeline.to_owned(),
+            first_lsn: transactions.first().map_or(last_lsn, |t| t.context.commit_lsn),
+            last_lsn,
+            xids: transactions.iter().map(|t| t.context.xid).collect(),
+            transforms: transforms.to_vec(),
+            chunk: None,
+            replay: false,
+            transactions,
+        }
+    }
+
     /// Number of changes carried.
     pub fn change_count(&self) -> usize {
         self.transactions.iter().map(|t| t.changes.len()).sum()

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, ApplyError, ApplyOptions};
+use crate::apply::{self, ApplyError, ApplyOptions, Progress};
 use crate::capture::{self, CaptureError, CaptureOptions};
 use crate::config::{ConfigError, Overrides, Settings, mask_url};
 use crate::queue::{Broker, QueueError};
+use crate::snapshot::{self, SnapshotError};
 use crate::source::{self, PgTarget, SourceError};
 use crate::transform::{TransformChain, TransformError};
 
@@ -128,6 +129,9 @@ pub enum Error {
     /// The capture loop.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// The initial copy.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// A transform module.
     #[error(transparent)]
     Transform(#[from] TransformError),
@@ -253,7 +257,7 @@ fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
 
 async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
     let (target, pg, defs) = source_tables(settings).await?;
-    let chain = load_chain(settings)?;
+    let mut chain = load_chain(settings)?;
     let pool = apply::connect(&settings.mariadb_url).await?;
     apply::prepare(&pool, &defs).await?;
     let publisher = Broker::connect(&settings.amqp_url, &settings.slot).await?;
@@ -261,22 +265,34 @@ async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Re
     let consumer = Broker::connect(&settings.amqp_url, &settings.slot).await?;
 
     // Fail closed when the slot cannot deliver what the target is missing.
-    let existed = source::slot_state(&pg, &settings.slot).await?.is_some();
-    let slot = source::ensure_slot(&target, &pg, &settings.slot).await?;
-    let offset = apply::applied_offset(&pool, &settings.slot).await?.filter(|l| l.0 > 0);
-    match (existed, offset) {
-        (false, Some(offset)) => {
+    let mut existed = source::slot_state(&pg, &settings.slot).await?.is_some();
+    let progress = apply::progress(&pool, &settings.slot).await?;
+    if existed && progress == Some(Progress::Copying) {
+        tracing::warn!(pipeline = %settings.slot, "the initial copy was interrupted; starting it again with a new slot");
+        source::drop_slot(&pg, &settings.slot).await?;
+        existed = false;
+    }
+    match (existed, progress) {
+        (false, Some(Progress::Applied(offset))) if offset.0 > 0 => {
             return Err(Error::Diverged(format!(
-                "the target has applied up to {offset} for pipeline '{}', but its replication slot was gone and had to be recreated, so changes made in between are missing; re-copy the tables, then run `wasmcdc slot drop` and start again",
+                "the target has applied up to {offset} for pipeline '{}', but its replication slot is gone, so changes made since are missing; run `wasmcdc slot drop` and start again (the initial copy re-copies the tables)",
                 settings.slot
             )));
         }
-        (false, None) => apply::set_offset(&pool, &settings.slot, slot.confirmed_flush).await?,
-        (true, Some(offset)) if slot.confirmed_flush > offset && publisher.depths().await?.0 == 0 => {
-            return Err(Error::Diverged(format!(
-                "replication slot '{}' was confirmed up to {}, but the target has applied only up to {offset} and the queue is empty, so changes in between were lost; re-copy the tables, then run `wasmcdc slot drop` and start again",
-                settings.slot, slot.confirmed_flush
-            )));
+        (false, _) => {
+            let copied = snapshot::initial_copy(&settings.slot, &target, &defs, &mut chain, &pool, &publisher, &shutdown).await?;
+            if copied.is_none() {
+                return Ok(());
+            }
+        }
+        (true, Some(Progress::Applied(offset))) => {
+            let slot = source::ensure_slot(&target, &pg, &settings.slot).await?;
+            if slot.confirmed_flush > offset && publisher.depths().await?.0 == 0 {
+                return Err(Error::Diverged(format!(
+                    "replication slot '{}' was confirmed up to {}, but the target has applied only up to {offset} and the queue is empty, so changes in between were lost; run `wasmcdc slot drop` and start again (the initial copy re-copies the tables)",
+                    settings.slot, slot.confirmed_flush
+                )));
+            }
         }
         (true, _) => {}
     }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod change;
 pub mod catalog;
 pub mod source;
+pub mod snapshot;
 pub mod transform;
 pub mod queue;
 pub mod capture;

@@ -26,7 +26,7 @@ const ROUTING_KEY: &str = "changes";
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The connection could not be opened.
-    #[error("cannot connect to RabbitMQ at {url}: {reason}; check that it is running and that --amqp-url (user, password, vhost) is right")]
+    #[error("cannot reach RabbitMQ at {url}: {reason}; check that it is running and that --amqp-url (user, password, vhost) is right")]
     Connect {
         /// The URL, password masked.
         url: String,
@@ -200,6 +200,12 @@ impl Broker {
             .await
             .map_err(broker("publishing"))?;
         Ok(PendingConfirm(confirm))
+    }
+
+    /// Dead-letters one change message with the reason, and waits for the confirm.
+    pub async fn dead_letter_message(&self, message: &Message, why: &DeadLetter) -> Result<(), QueueError> {
+        let body = serde_json::to_vec(message).map_err(|e| QueueError::NotConfirmed(e.to_string()))?;
+        self.dead_letter(&body, why).await
     }
 
     /// Publishes `body` to the dead-letter queue with the reason in its headers, and waits for the confirm.

@@ -124,7 +124,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 // PostgreSQL type OIDs (pg_type.dat) that get a dedicated value variant.
 const BOOL: u32 = 16;
-const BYTEA: u32 = 17;
+/// `bytea`'s type OID.
+pub const BYTEA: u32 = 17;
 const INT8: u32 = 20;
 const INT2: u32 = 21;
 const INT4: u32 = 23;
@@ -146,10 +147,23 @@ fn typed_value(c: &RawColumn) -> Result<Value, String> {
         raw if raw.starts_with('"') => serde_json::from_str::<String>(raw).map_err(|e| e.to_string())?,
         raw => raw.to_owned(),
     };
-    Ok(match c.typeoid.unwrap_or_default() {
+    value_from_text(c.typeoid.unwrap_or_default(), text)
+}
+
+/// Types a value from PostgreSQL's text form (or wal2json's), by type OID.
+///
+/// NaN and ±Infinity in `real`, `double precision` and `numeric` become NULL:
+/// MariaDB cannot store them, and wal2json already sends them as null.
+pub fn value_from_text(typeoid: u32, text: String) -> Result<Value, String> {
+    Ok(match typeoid {
         BOOL => Value::Bool(matches!(text.as_str(), "true" | "t")),
         INT2 | INT4 | INT8 => Value::Int(text.parse().map_err(|e| format!("'{text}' is not an integer: {e}"))?),
-        FLOAT4 | FLOAT8 => Value::Float(text.parse().map_err(|e| format!("'{text}' is not a float: {e}"))?),
+        FLOAT4 | FLOAT8 => match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Value::Float(f),
+            Ok(_) => Value::Null,
+            Err(e) => return Err(format!("'{text}' is not a float: {e}")),
+        },
+        NUMERIC if matches!(text.as_str(), "NaN" | "Infinity" | "-Infinity") => Value::Null,
         NUMERIC => Value::Numeric(text),
         // wal2json prints bytea as bare hex; tolerate PostgreSQL's own `\x` prefix too.
         BYTEA => {

@@ -1,0 +1,199 @@
+//! The initial copy: rows that existed before the pipeline started.
+//!
+//! The slot is created with an exported snapshot, and the rows are read inside
+//! that snapshot, so the copy holds exactly the transactions committed before
+//! the slot's consistent point and the stream holds exactly those after it:
+//! nothing is missed or doubled at the seam. The offsets row says `copying`
+//! until every copied row is committed in MariaDB; only then does it move to the
+//! consistent point, and only then is the slot ever confirmed past it. A copy
+//! interrupted by a crash is found at the next start and redone from scratch.
+
+use std::time::Instant;
+
+use sqlx::mysql::MySqlPool;
+use tokio_postgres::SimpleQueryMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{self, ApplyError};
+use crate::catalog::{TableDef, pg_ident};
+use crate::change::{Change, Column, Lsn, Message, Op, Transaction, TxContext, Value};
+use crate::queue::{Broker, DeadLetter, QueueError};
+use crate::source::replication::quote_ident;
+use crate::source::wal2json::{BYTEA, value_from_text};
+use crate::source::{PgTarget, SourceError};
+use crate::transform::TransformChain;
+
+/// Rows read and written per batch.
+const BATCH: usize = 2_000;
+
+/// Why the copy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// PostgreSQL.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// MariaDB.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// RabbitMQ (dead letters).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Creates the slot with an exported snapshot and copies every table into
+/// MariaDB from it. Returns the consistent point the stream starts from, or
+/// `None` when `shutdown` fired first (the copy is redone next time).
+pub async fn initial_copy(
+    pipeline: &str,
+    target: &PgTarget,
+    defs: &[TableDef],
+    chain: &mut TransformChain,
+    pool: &MySqlPool,
+    broker: &Broker,
+    shutdown: &CancellationToken,
+) -> Result<Option<Lsn>, SnapshotError> {
+    let targets: Vec<String> = defs.iter().map(|d| d.name.target()).collect();
+    apply::begin_copy(pool, pipeline, &targets).await?;
+
+    // The exported snapshot lives as long as this connection stays idle.
+    let mut repl = target.replication().await?;
+    let create = format!("CREATE_REPLICATION_SLOT {} LOGICAL wal2json (SNAPSHOT 'export')", quote_ident(pipeline));
+    let row = repl
+        .simple_query(&create)
+        .await
+        .map_err(|e| target.replication_error(e))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| SourceError::Replication("CREATE_REPLICATION_SLOT returned no row".into()))?;
+    let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let consistent: Lsn = field(1)
+        .parse()
+        .map_err(|e| SourceError::Replication(format!("CREATE_REPLICATION_SLOT returned a bad LSN: {e}")))?;
+    let snapshot = field(2);
+    tracing::info!(pipeline, %consistent, snapshot, "created replication slot; copying existing rows");
+
+    let pg = target.sql().await?;
+    let query = |e: tokio_postgres::Error| SourceError::Query(e.to_string());
+    pg.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+        snapshot.replace('\'', "''")
+    ))
+    .await
+    .map_err(query)?;
+    let context = TxContext {
+        xid: 0,
+        commit_lsn: consistent,
+        commit_time: String::new(),
+    };
+    for def in defs {
+        let started = Instant::now();
+        let total: i64 = pg
+            .query_one(&format!("SELECT count(*) FROM {}", def.name.pg_quoted()), &[])
+            .await
+            .map_err(query)?
+            .get(0);
+        let exprs: Vec<String> = def
+            .columns
+            .iter()
+            .map(|c| match c.type_oid {
+                BYTEA => format!("encode({}, 'hex')", pg_ident(&c.name)),
+                _ => format!("{}::text", pg_ident(&c.name)),
+            })
+            .collect();
+        pg.batch_execute(&format!(
+            "DECLARE wasmcdc_copy NO SCROLL CURSOR FOR SELECT {} FROM {}",
+            exprs.join(", "),
+            def.name.pg_quoted()
+        ))
+        .await
+        .map_err(query)?;
+        let mut copied = 0usize;
+        loop {
+            if shutdown.is_cancelled() {
+                tracing::info!(pipeline, "initial copy interrupted; it starts again from the beginning next time");
+                return Ok(None);
+            }
+            let messages = pg
+                .simple_query(&format!("FETCH {BATCH} FROM wasmcdc_copy"))
+                .await
+                .map_err(query)?;
+            let mut rows = Vec::with_capacity(BATCH);
+            for message in messages {
+                let SimpleQueryMessage::Row(r) = message else { continue };
+                let mut columns = Vec::with_capacity(def.columns.len());
+                for (i, c) in def.columns.iter().enumerate() {
+                    let value = match r.get(i) {
+                        None => Value::Null,
+                        Some(text) => value_from_text(c.type_oid, text.to_owned()).map_err(|e| {
+                            SourceError::Query(format!("cannot read {}.{}: {e}", def.name, c.name))
+                        })?,
+                    };
+                    columns.push(Column {
+                        name: c.name.clone(),
+                        pg_type: c.pg_type.clone(),
+                        value,
+                    });
+                }
+                let change = Change {
+                    op: Op::Insert,
+                    schema: def.name.schema.clone(),
+                    table: def.name.name.clone(),
+                    columns,
+                    key: Vec::new(),
+                };
+                transform_row(pipeline, chain, broker, change, &context, &mut rows).await?;
+            }
+            if rows.is_empty() && copied as i64 >= total {
+                break;
+            }
+            let fetched = rows.len();
+            apply::write_rows(pool, &rows).await?;
+            copied += fetched;
+            tracing::info!(table = %def.name, copied, total, "initial copy");
+            if fetched == 0 {
+                break;
+            }
+        }
+        pg.batch_execute("CLOSE wasmcdc_copy").await.map_err(query)?;
+        tracing::info!(table = %def.name, rows = copied, seconds = started.elapsed().as_secs_f64(), "copied");
+    }
+    pg.batch_execute("COMMIT").await.map_err(query)?;
+    apply::set_offset(pool, pipeline, consistent).await?;
+    drop(repl);
+    Ok(Some(consistent))
+}
+
+/// Runs one copied row through the chain; a refused row is dead-lettered like a streamed one.
+async fn transform_row(
+    pipeline: &str,
+    chain: &mut TransformChain,
+    broker: &Broker,
+    change: Change,
+    context: &TxContext,
+    out: &mut Vec<Change>,
+) -> Result<(), SnapshotError> {
+    let table = change.qualified_table();
+    match chain.apply(change.clone(), context) {
+        Ok(changes) => out.extend(changes),
+        Err(e) => {
+            tracing::error!(%table, error = %e, "dead-lettering a copied row the transform chain refused");
+            let message = Message::new(
+                pipeline,
+                chain.hashes(),
+                vec![Transaction {
+                    context: context.clone(),
+                    changes: vec![change],
+                }],
+                context.commit_lsn,
+            );
+            let why = DeadLetter {
+                stage: "transform",
+                reason: e.to_string(),
+                lsn: context.commit_lsn.to_string(),
+                table,
+            };
+            broker.dead_letter_message(&message, &why).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! The wasmcdc binary, driven only through its command-line contract.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::secs;
+
+/// The `wasmcdc` binary next to this test executable, in `target/<profile>/`.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/wasmcdc
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(format!("wasmcdc{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "the wasmcdc binary is missing at {}; build it first with `cargo build -p wasmcdc`",
+        bin.display()
+    );
+    bin
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository root")
+        .to_path_buf()
+}
+
+/// Where spawned processes write their output: `target/e2e-logs/`.
+pub fn log_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let target = exe.ancestors().nth(3).expect("the test executable lives in target/<profile>/deps");
+    let dir = target.join("e2e-logs");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// The flags of one pipeline: everything the command-line contract takes.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// `--pg-url`.
+    pub pg_url: String,
+    /// `--mariadb-url`.
+    pub mariadb_url: String,
+    /// `--amqp-url`.
+    pub amqp_url: String,
+    /// `--slot`: the pipeline's name.
+    pub slot: String,
+    /// `--tables`, comma-separated.
+    pub tables: String,
+    /// `--transform`, in chain order.
+    pub transforms: Vec<PathBuf>,
+}
+
+impl Pipeline {
+    /// The same pipeline with another `--tables`.
+    pub fn tables(&self, tables: &str) -> Self {
+        Pipeline {
+            tables: tables.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The same pipeline with another `--pg-url`.
+    pub fn pg_url(&self, url: &str) -> Self {
+        Pipeline {
+            pg_url: url.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The same pipeline with another `--mariadb-url`.
+    pub fn mariadb_url(&self, url: &str) -> Self {
+        Pipeline {
+            mariadb_url: url.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The same pipeline with another `--amqp-url`.
+    pub fn amqp_url(&self, url: &str) -> Self {
+        Pipeline {
+            amqp_url: url.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The same pipeline with `module` appended to its transform chain.
+    pub fn transform(&self, module: &Path) -> Self {
+        let mut p = self.clone();
+        p.transforms.push(module.to_path_buf());
+        p
+    }
+
+    /// `wasmcdc <command...>` with this pipeline's flags and none from the environment.
+    pub fn command(&self, command: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.args(command)
+            .args(["--pg-url", &self.pg_url])
+            .args(["--mariadb-url", &self.mariadb_url])
+            .args(["--amqp-url", &self.amqp_url])
+            .args(["--slot", &self.slot])
+            .args(["--tables", &self.tables]);
+        for t in &self.transforms {
+            cmd.arg("--transform").arg(t);
+        }
+        for var in [
+            "WASMCDC_PG_URL",
+            "WASMCDC_AMQP_URL",
+            "WASMCDC_MARIADB_URL",
+            "WASMCDC_SLOT",
+            "WASMCDC_TABLES",
+            "WASMCDC_TRANSFORM",
+            "WASMCDC_CONFIG",
+            "RUST_BACKTRACE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a command to completion; fails the test if it takes longer than `limit`.
+    pub async fn output(&self, command: &[&str], limit: Duration) -> Output {
+        let mut cmd = tokio::process::Command::from(self.command(command));
+        cmd.kill_on_drop(true);
+        match tokio::time::timeout(limit, cmd.output()).await {
+            Ok(out) => out.unwrap_or_else(|e| panic!("cannot start wasmcdc {command:?}: {e}")),
+            Err(_) => panic!("wasmcdc {command:?} did not finish within {limit:?}"),
+        }
+    }
+
+    /// `wasmcdc verify`: its exit status and standard output.
+    pub async fn verify(&self) -> (ExitStatus, String) {
+        let out = self.output(&["verify"], secs(120)).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() && stdout.is_empty() {
+            panic!(
+                "wasmcdc verify failed without a report ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (out.status, stdout)
+    }
+
+    /// Asserts that `wasmcdc verify` finds source and target equal.
+    pub async fn assert_verified(&self) {
+        let (status, stdout) = self.verify().await;
+        assert!(
+            status.success() && stdout.contains("equal"),
+            "wasmcdc verify found differences ({status}):\n{stdout}"
+        );
+    }
+
+    /// Asserts that a command fails within `limit` with exactly one `error: `
+    /// line containing every one of `phrases`, and without a panic or a backtrace.
+    /// Returns the error line.
+    pub async fn expect_error(&self, command: &[&str], phrases: &[&str], limit: Duration) -> String {
+        let out = self.output(command, limit).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "wasmcdc {command:?} succeeded but should have failed with {phrases:?}; stderr:\n{stderr}"
+        );
+        assert_clean_error(&stderr, phrases)
+    }
+
+    /// Spawns `wasmcdc run`, its output going to a log file.
+    pub fn spawn_run(&self) -> Running {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let log = log_dir().join(format!("{}.run{n}.log", self.slot));
+        let file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let out = file.try_clone().expect("a log file handle can be cloned");
+        let child = self
+            .command(&["run"])
+            .stdout(out)
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start wasmcdc run: {e}"));
+        Running {
+            child: Some(child),
+            log,
+            label: format!("wasmcdc run --slot {}", self.slot),
+        }
+    }
+}
+
+/// Checks a failed command's stderr: one `error: ` line naming every one of
+/// `phrases`, no panic, no backtrace. Returns that line.
+pub fn assert_clean_error(stderr: &str, phrases: &[&str]) -> String {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected exactly one line starting with 'error: '; stderr:\n{stderr}"
+    );
+    for phrase in phrases {
+        assert!(
+            errors[0].contains(phrase),
+            "the error line does not mention {phrase:?}: {}\nstderr:\n{stderr}",
+            errors[0]
+        );
+    }
+    let lower = stderr.to_lowercase();
+    assert!(
+        !lower.contains("panicked") && !lower.contains("backtrace"),
+        "stderr shows a panic or a backtrace:\n{stderr}"
+    );
+    errors[0].to_owned()
+}
+
+/// A `wasmcdc run` process. Dropping it stops the process (SIGTERM, then SIGKILL).
+pub struct Running {
+    child: Option<Child>,
+    log: PathBuf,
+    label: String,
+}
+
+impl Running {
+    /// The process's combined output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the output, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        format!("--- last lines of {} ---\n{}", self.log.display(), lines[from..].join("\n"))
+    }
+
+    /// Fails the test if the process has exited.
+    pub fn assert_alive(&mut self) {
+        let child = self.child.as_mut().expect("the process is running");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{} exited early ({status})\n{}", self.label, self.log_tail());
+        }
+    }
+
+    /// Sends SIGTERM and asserts a clean exit (status 0) within 30 s.
+    pub async fn stop(mut self) {
+        let mut child = self.child.take().expect("the process is running");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{} had already exited ({status})\n{}", self.label, self.log_tail());
+        }
+        terminate(&child);
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if start.elapsed() > secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not exit within 30 s of SIGTERM\n{}", self.label, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM; expected 0\n{}",
+            self.label,
+            self.log_tail()
+        );
+    }
+}
+
+fn terminate(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        terminate(&child);
+        let start = Instant::now();
+        while start.elapsed() < secs(10) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -1,0 +1,25 @@
+//! Looking at the pipeline's RabbitMQ objects from outside.
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+
+use super::env::AMQP_URL;
+
+/// Messages ready in queue `name`; fails the test if the queue does not exist.
+pub async fn queue_depth(name: &str) -> u32 {
+    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to RabbitMQ at {AMQP_URL}: {e}"));
+    let channel = connection.create_channel().await.expect("a RabbitMQ channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await
+        .unwrap_or_else(|e| panic!("queue {name} does not exist: {e}"));
+    let _ = connection.close(200, "done".into()).await;
+    queue.message_count()
+}
