@@ -268,30 +268,7 @@ impl Capture<'_> {
         let Some(open) = self.open.as_mut() else {
             return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
         };
-        let table = change.qualified_table();
-        let original = change.clone();
-        match self.chain.apply(change, &open.context) {
-            Ok(out) => open.changes.extend(out),
-            Err(e) => {
-                tracing::error!(%table, lsn = %open.context.commit_lsn, error = %e, "dead-lettering a change the transform chain refused");
-                let message = Message::new(
-                    self.pipeline,
-                    self.chain.hashes(),
-                    vec![Transaction {
-                        context: open.context.clone(),
-                        changes: vec![original],
-                    }],
-                    open.context.commit_lsn,
-                );
-                let why = DeadLetter {
-                    stage: "transform",
-                    reason: e.to_string(),
-                    lsn: open.context.commit_lsn.to_string(),
-                    table,
-                };
-                self.broker.dead_letter_message(&message, &why).await?;
-            }
-        }
+        transform_change(self.pipeline, &mut self.chain, self.broker, change, &open.context, &mut open.changes).await?;
         if open.changes.len() >= self.opts.chunk_changes {
             self.publish_chunk(false).await?;
         }
@@ -391,4 +368,44 @@ impl Capture<'_> {
         self.last_publish_at = Instant::now();
         Ok(())
     }
+}
+
+/// Runs one change through the chain into `out`; a change the chain refuses is
+/// dead-lettered, untransformed, with the reason.
+pub(crate) async fn transform_change(
+    pipeline: &str,
+    chain: &mut TransformChain,
+    broker: &Broker,
+    change: Change,
+    context: &TxContext,
+    out: &mut Vec<Change>,
+) -> Result<(), QueueError> {
+    if chain.is_empty() {
+        out.push(change);
+        return Ok(());
+    }
+    let table = change.qualified_table();
+    match chain.apply(change.clone(), context) {
+        Ok(changes) => out.extend(changes),
+        Err(e) => {
+            tracing::error!(%table, lsn = %context.commit_lsn, error = %e, "dead-lettering a change the transform chain refused");
+            let message = Message::new(
+                pipeline,
+                chain.hashes(),
+                vec![Transaction {
+                    context: context.clone(),
+                    changes: vec![change],
+                }],
+                context.commit_lsn,
+            );
+            let why = DeadLetter {
+                stage: "transform",
+                reason: e.to_string(),
+                lsn: context.commit_lsn.to_string(),
+                table,
+            };
+            broker.dead_letter_message(&message, &why).await?;
+        }
+    }
+    Ok(())
 }

@@ -15,9 +15,10 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyError};
+use crate::capture::transform_change;
 use crate::catalog::{TableDef, pg_ident};
-use crate::change::{Change, Column, Lsn, Message, Op, Transaction, TxContext, Value};
-use crate::queue::{Broker, DeadLetter, QueueError};
+use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
+use crate::queue::{Broker, QueueError};
 use crate::source::replication::quote_ident;
 use crate::source::wal2json::{BYTEA, value_from_text};
 use crate::source::{PgTarget, SourceError};
@@ -141,7 +142,7 @@ pub async fn initial_copy(
                     columns,
                     key: Vec::new(),
                 };
-                transform_row(pipeline, chain, broker, change, &context, &mut rows).await?;
+                transform_change(pipeline, chain, broker, change, &context, &mut rows).await?;
             }
             if rows.is_empty() && copied as i64 >= total {
                 break;
@@ -161,39 +162,4 @@ pub async fn initial_copy(
     apply::set_offset(pool, pipeline, consistent).await?;
     drop(repl);
     Ok(Some(consistent))
-}
-
-/// Runs one copied row through the chain; a refused row is dead-lettered like a streamed one.
-async fn transform_row(
-    pipeline: &str,
-    chain: &mut TransformChain,
-    broker: &Broker,
-    change: Change,
-    context: &TxContext,
-    out: &mut Vec<Change>,
-) -> Result<(), SnapshotError> {
-    let table = change.qualified_table();
-    match chain.apply(change.clone(), context) {
-        Ok(changes) => out.extend(changes),
-        Err(e) => {
-            tracing::error!(%table, error = %e, "dead-lettering a copied row the transform chain refused");
-            let message = Message::new(
-                pipeline,
-                chain.hashes(),
-                vec![Transaction {
-                    context: context.clone(),
-                    changes: vec![change],
-                }],
-                context.commit_lsn,
-            );
-            let why = DeadLetter {
-                stage: "transform",
-                reason: e.to_string(),
-                lsn: context.commit_lsn.to_string(),
-                table,
-            };
-            broker.dead_letter_message(&message, &why).await?;
-        }
-    }
-    Ok(())
 }
