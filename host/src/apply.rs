@@ -116,6 +116,7 @@ pub async fn prepare(pool: &MySqlPool, defs: &[TableDef]) -> Result<(), ApplyErr
            lsn BIGINT UNSIGNED NOT NULL, \
            lsn_text VARCHAR(20) NOT NULL, \
            state VARCHAR(16) NOT NULL DEFAULT 'streaming', \
+           transforms VARCHAR(2048) NOT NULL DEFAULT '', \
            updated_at DATETIME(6) NOT NULL\
          ) ENGINE=InnoDB",
         my_ident(OFFSETS_TABLE)
@@ -149,6 +150,17 @@ pub async fn progress(pool: &MySqlPool, pipeline: &str) -> Result<Option<Progres
         "copying" => Progress::Copying,
         _ => Progress::Applied(Lsn(r.get::<u64, _>(0))),
     }))
+}
+
+/// The transform module hashes (comma-separated) of the last applied message.
+pub async fn applied_transforms(pool: &MySqlPool, pipeline: &str) -> Result<Option<String>, ApplyError> {
+    let sql = format!("SELECT transforms FROM {} WHERE pipeline = ?", my_ident(OFFSETS_TABLE));
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(pipeline)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(row.map(|r| r.get::<String, _>(0)))
 }
 
 /// The last applied commit LSN of `pipeline`, if it has applied anything.
@@ -462,6 +474,7 @@ async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result
         .await?
         .map_or(Lsn(0), |r| Lsn(r.get::<u64, _>(0)));
     let start = offset;
+    let mut transforms = None;
     for unit in units {
         if unit.last_lsn <= offset && !unit.replay {
             tracing::debug!(lsn = %unit.last_lsn, "skipping a message that is already applied");
@@ -474,16 +487,18 @@ async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result
         }
         if !unit.replay {
             offset = unit.last_lsn;
+            transforms = Some(unit.transforms.join(","));
         }
     }
-    if offset != start {
+    if let Some(transforms) = transforms.filter(|_| offset != start) {
         let update = format!(
-            "UPDATE {} SET lsn = ?, lsn_text = ?, updated_at = UTC_TIMESTAMP(6) WHERE pipeline = ?",
+            "UPDATE {} SET lsn = ?, lsn_text = ?, transforms = ?, updated_at = UTC_TIMESTAMP(6) WHERE pipeline = ?",
             my_ident(OFFSETS_TABLE)
         );
         sqlx::query(AssertSqlSafe(update))
             .bind(offset.0)
             .bind(offset.to_string())
+            .bind(transforms)
             .bind(pipeline)
             .execute(&mut *tx)
             .await?;

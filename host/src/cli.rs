@@ -410,6 +410,11 @@ async fn status(settings: &Settings) -> Result<(), Error> {
         Ok(Some(lsn)) => println!("applied: up to {lsn}"),
         _ => println!("applied: nothing yet"),
     }
+    match apply::applied_transforms(&pool, &settings.slot).await {
+        Ok(Some(t)) if !t.is_empty() => println!("transforms in use (SHA-256, chain order): {t}"),
+        Ok(Some(_)) => println!("transforms in use: none (changes pass through unchanged)"),
+        _ => {}
+    }
     Ok(())
 }
 
