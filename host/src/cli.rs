@@ -43,9 +43,12 @@ struct GlobalArgs {
     /// Tables to replicate, comma-separated schema.table [default: public.itrequests].
     #[arg(long, env = "WASMCDC_TABLES", global = true, value_name = "LIST")]
     tables: Option<String>,
-    /// A transform component; repeat to build a chain.
+    /// A transform component, or SCHEMA.TABLE=PATH to apply it to one source table; repeat to build a chain.
     #[arg(long = "transform", env = "WASMCDC_TRANSFORM", global = true, value_name = "PATH", value_delimiter = ',')]
     transforms: Vec<PathBuf>,
+    /// A transform setting, MODULE.KEY=VALUE (MODULE is the file name without .wasm); repeat for more.
+    #[arg(long = "transform-config", env = "WASMCDC_TRANSFORM_CONFIG", global = true, value_name = "MODULE.KEY=VALUE", value_delimiter = ';')]
+    transform_config: Vec<String>,
     /// A TOML file with the same keys as these flags (flags and environment take precedence).
     #[arg(long, env = "WASMCDC_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -103,11 +106,17 @@ enum DlqCommand {
 
 #[derive(Debug, Subcommand)]
 enum TransformCommand {
-    /// Read change JSON lines on stdin, print the transformed changes as JSON lines.
+    /// Read change JSON or wal2json lines on stdin, print the transformed changes as JSON lines.
     Test {
-        /// The component to run; repeat to build a chain.
+        /// The component to run, or SCHEMA.TABLE=PATH; repeat to build a chain.
         #[arg(long = "module", required = true, value_name = "M.wasm")]
         modules: Vec<PathBuf>,
+    },
+    /// Validate a component against the WIT world; print its hash, exports and imports.
+    Check {
+        /// The component file.
+        #[arg(value_name = "M.wasm")]
+        module: PathBuf,
     },
 }
 
@@ -153,6 +162,7 @@ impl Cli {
             slot: g.slot.clone(),
             tables: g.tables.clone(),
             transforms: g.transforms.clone(),
+            transform_config: g.transform_config.clone(),
             config: g.config.clone(),
         })
     }
@@ -160,16 +170,18 @@ impl Cli {
 
 /// Runs the command until it finishes or `shutdown` fires.
 pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, Error> {
-    if let Command::Transform {
-        command: TransformCommand::Test { modules },
-    } = &cli.command
-    {
-        let stdin = std::io::stdin().lock();
-        let stdout = std::io::stdout().lock();
-        crate::transform::run_test(modules, stdin, stdout)?;
+    let settings = cli.settings()?;
+    if let Command::Transform { command } = &cli.command {
+        match command {
+            TransformCommand::Test { modules } => {
+                let stdin = std::io::stdin().lock();
+                let stdout = std::io::stdout().lock();
+                crate::transform::run_test(modules, &settings.transform_config, stdin, stdout)?;
+            }
+            TransformCommand::Check { module } => println!("{}", crate::transform::check(module)?),
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let settings = cli.settings()?;
     match cli.command {
         Command::Run => supervise("the pipeline", &shutdown, async |up| run(&settings, shutdown.clone(), up).await).await?,
         Command::Capture => supervise("the capture", &shutdown, async |up| capture_only(&settings, shutdown.clone(), up).await).await?,
@@ -248,7 +260,7 @@ async fn source_tables(settings: &Settings) -> Result<(PgTarget, tokio_postgres:
 }
 
 fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
-    let chain = TransformChain::load(&settings.transforms)?;
+    let chain = TransformChain::load(&settings.transforms, &settings.transform_config)?;
     for (path, hash) in settings.transforms.iter().zip(chain.hashes()) {
         tracing::info!(module = %path.display(), %hash, "transform loaded");
     }

@@ -53,6 +53,8 @@ pub struct FileConfig {
     pub tables: Option<StringOrList>,
     /// Transform modules in chain order.
     pub transform: Option<StringOrList>,
+    /// Transform settings, `MODULE.KEY=VALUE`, as a list.
+    pub transform_config: Option<StringOrList>,
 }
 
 /// A TOML value given either as `"a,b"` or as `["a", "b"]`.
@@ -101,6 +103,8 @@ pub struct Settings {
     pub tables: Vec<TableName>,
     /// Transform modules in chain order.
     pub transforms: Vec<PathBuf>,
+    /// Transform settings, `MODULE.KEY=VALUE`.
+    pub transform_config: Vec<String>,
 }
 
 /// Values given on the command line or in the environment (clap merges those two).
@@ -118,6 +122,8 @@ pub struct Overrides {
     pub tables: Option<String>,
     /// `--transform`, repeated.
     pub transforms: Vec<PathBuf>,
+    /// `--transform-config`, repeated.
+    pub transform_config: Vec<String>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -147,6 +153,11 @@ impl Settings {
         } else {
             o.transforms
         };
+        let transform_config = if o.transform_config.is_empty() {
+            file.transform_config.map(StringOrList::into_vec).unwrap_or_default()
+        } else {
+            o.transform_config
+        };
         let slot = o.slot.or(file.slot).unwrap_or_else(|| DEFAULT_SLOT.to_owned());
         let valid_slot = !slot.is_empty()
             && slot.len() <= 63
@@ -161,6 +172,7 @@ impl Settings {
             slot,
             tables,
             transforms,
+            transform_config,
         })
     }
 }
@@ -208,7 +220,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wasmcdc-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("c.toml");
-        std::fs::write(&path, "slot = \"from_file\"\ntables = [\"a\", \"s.b\"]\n").expect("write");
+        std::fs::write(
+            &path,
+            "slot = \"from_file\"\ntables = [\"a\", \"s.b\"]\ntransform-config = [\"rename.table=t\", \"rename.column.a=b\"]\n",
+        )
+        .expect("write");
         let s = Settings::resolve(Overrides {
             config: Some(path.clone()),
             ..Default::default()
@@ -216,6 +232,7 @@ mod tests {
         .expect("file");
         assert_eq!(s.slot, "from_file");
         assert_eq!(s.tables.len(), 2);
+        assert_eq!(s.transform_config, ["rename.table=t", "rename.column.a=b"]);
         let s = Settings::resolve(Overrides {
             config: Some(path),
             slot: Some("from_flag".into()),

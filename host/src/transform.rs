@@ -18,7 +18,9 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::catalog::TableName;
 use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
+use crate::source::wal2json::{self, Event};
 
 mod wit {
     wasmtime::component::bindgen!({ path: "../wit", world: "transformer" });
@@ -83,9 +85,24 @@ pub enum TransformError {
     /// The guest trapped, ran out of time or ran out of memory; its instance is recreated.
     #[error("transform '{module}' failed: {reason}; the change was not transformed")]
     Failed { module: String, reason: String },
+    /// A `--transform` entry names a table but no module.
+    #[error(
+        "--transform '{0}' names a table but no module file; write SCHEMA.TABLE=PATH, for example public.orders=orders.wasm"
+    )]
+    BadScope(String),
+    /// A `--transform-config` entry is not `MODULE.KEY=VALUE`.
+    #[error(
+        "--transform-config '{0}' is not MODULE.KEY=VALUE; write for example mask-columns.columns=details"
+    )]
+    BadConfig(String),
+    /// A `--transform-config` entry names no module of the chain.
+    #[error(
+        "--transform-config '{entry}' names no module of the chain; start it with one of the module names ({modules}), the file name without .wasm"
+    )]
+    UnknownModule { entry: String, modules: String },
     /// A trial input line is not a change.
     #[error(
-        "line {line} is not a change: {reason}; give one change per line as JSON, for example {{\"op\":\"insert\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[]}}"
+        "line {line} is not a change: {reason}; give one change per line as JSON, for example {{\"op\":\"insert\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[]}}, or wal2json format-version 2 lines as pg_recvlogical prints them"
     )]
     BadInput { line: usize, reason: String },
     /// A trial input line could not be transformed.
@@ -102,6 +119,106 @@ pub enum TransformError {
     Write(std::io::Error),
 }
 
+/// One `--transform` entry: a module file, applied to every change or only to
+/// the changes of one source table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleSpec {
+    /// The component file.
+    pub path: PathBuf,
+    /// The source table it is limited to; `None` applies it to every table.
+    pub table: Option<TableName>,
+}
+
+impl ModuleSpec {
+    /// Reads `PATH` or `SCHEMA.TABLE=PATH`.
+    ///
+    /// Text before the first `=` is a table only when it is `schema.table` and
+    /// holds no `/`, so a file whose name contains `=` is given as `./x=y.wasm`.
+    pub fn parse(entry: &Path) -> Result<Self, TransformError> {
+        let plain = || Self {
+            path: entry.to_owned(),
+            table: None,
+        };
+        let Some((table, path)) = entry.to_str().and_then(|text| text.split_once('=')) else {
+            return Ok(plain());
+        };
+        if !table.contains('.') || table.contains('/') {
+            return Ok(plain());
+        }
+        match TableName::parse(table) {
+            Some(table) if !path.is_empty() => Ok(Self {
+                path: PathBuf::from(path),
+                table: Some(table),
+            }),
+            _ => Err(TransformError::BadScope(entry.display().to_string())),
+        }
+    }
+
+    /// Whether a change captured from `schema.table` goes through this module.
+    fn applies_to(&self, schema: &str, table: &str) -> bool {
+        self.table
+            .as_ref()
+            .is_none_or(|t| t.schema == schema && t.name == table)
+    }
+}
+
+/// The name `--transform-config` uses for a module: its file name without `.wasm`.
+pub fn module_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Splits `MODULE.KEY=VALUE` entries by module, in chain order.
+///
+/// A module name matches with `-` and `_` taken as the same character, since
+/// cargo writes `mask_columns.wasm` for the crate `mask-columns`. The longest
+/// matching name wins, so module names and keys may both contain dots.
+fn split_config(
+    names: &[String],
+    entries: &[String],
+) -> Result<Vec<Vec<(String, String)>>, TransformError> {
+    let fold = |s: &str| s.replace('_', "-");
+    let mut configs = vec![Vec::new(); names.len()];
+    for entry in entries {
+        let (target, value) = entry
+            .split_once('=')
+            .ok_or_else(|| TransformError::BadConfig(entry.clone()))?;
+        let folded = fold(target);
+        let name = names
+            .iter()
+            .map(|name| fold(name))
+            .filter(|name| {
+                folded.len() > name.len() + 1
+                    && folded.starts_with(name.as_str())
+                    && folded.as_bytes()[name.len()] == b'.'
+            })
+            .max_by_key(String::len);
+        let Some(name) = name else {
+            if !target.contains('.') {
+                return Err(TransformError::BadConfig(entry.clone()));
+            }
+            let mut modules: Vec<&str> = names.iter().map(String::as_str).collect();
+            modules.dedup();
+            return Err(TransformError::UnknownModule {
+                entry: entry.clone(),
+                modules: if modules.is_empty() {
+                    "none is loaded".to_owned()
+                } else {
+                    modules.join(", ")
+                },
+            });
+        };
+        let key = &target[name.len() + 1..];
+        for (config, candidate) in configs.iter_mut().zip(names) {
+            if fold(candidate) == name {
+                config.push((key.to_owned(), value.to_owned()));
+            }
+        }
+    }
+    Ok(configs)
+}
+
 /// The loaded transform modules, applied in order to every change.
 pub struct TransformChain {
     modules: Vec<Module>,
@@ -109,16 +226,29 @@ pub struct TransformChain {
 }
 
 impl TransformChain {
-    /// Compiles each module in chain order; an empty list passes changes through unchanged.
-    pub fn load(paths: &[PathBuf]) -> Result<Self, TransformError> {
-        let mut modules = Vec::with_capacity(paths.len());
-        let mut hashes = Vec::with_capacity(paths.len());
-        for path in paths {
-            let (module, hash) = Module::load(path)?;
-            modules.push(module);
+    /// Compiles and starts each module in chain order; an empty list passes changes through unchanged.
+    ///
+    /// `modules` are `--transform` entries (`PATH` or `SCHEMA.TABLE=PATH`);
+    /// `config` are `--transform-config` entries (`MODULE.KEY=VALUE`), each
+    /// given to the `init` of every module of that name.
+    pub fn load(modules: &[PathBuf], config: &[String]) -> Result<Self, TransformError> {
+        let specs = modules
+            .iter()
+            .map(|entry| ModuleSpec::parse(entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = specs.iter().map(|spec| module_name(&spec.path)).collect();
+        let configs = split_config(&names, config)?;
+        let mut loaded = Vec::with_capacity(specs.len());
+        let mut hashes = Vec::with_capacity(specs.len());
+        for (spec, config) in specs.into_iter().zip(configs) {
+            let (module, hash) = Module::load(spec, config)?;
+            loaded.push(module);
             hashes.push(hash);
         }
-        Ok(Self { modules, hashes })
+        Ok(Self {
+            modules: loaded,
+            hashes,
+        })
     }
 
     /// SHA-256 (hex) of each module file, in chain order.
@@ -131,18 +261,27 @@ impl TransformChain {
         self.modules.is_empty()
     }
 
-    /// Runs one change through every module in order.
+    /// Runs one change through every module, in order, that applies to its source table.
+    ///
+    /// A module limited to a table sees every change derived from that
+    /// table's change, even after an earlier module renamed or routed it.
     pub fn apply(
         &mut self,
         change: Change,
         ctx: &TxContext,
     ) -> Result<Vec<Change>, TransformError> {
-        if self.modules.is_empty() {
+        let (schema, table) = (change.schema.as_str(), change.table.as_str());
+        let mut active: Vec<&mut Module> = self
+            .modules
+            .iter_mut()
+            .filter(|module| module.spec.applies_to(schema, table))
+            .collect();
+        if active.is_empty() {
             return Ok(vec![change]);
         }
         let ctx = wit::TxContext::from(ctx);
         let mut changes = vec![wit::Change::from(change)];
-        for module in &mut self.modules {
+        for module in &mut active {
             let mut next = Vec::with_capacity(changes.len());
             for change in &changes {
                 next.extend(module.call(change, &ctx)?);
@@ -153,15 +292,119 @@ impl TransformChain {
     }
 }
 
-/// Offline trial: reads one change JSON (serde form of crate::change::Change) per line, writes each resulting change as a JSON line.
+/// What `wasmcdc transform check` learned about a module that fits the world.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The module file.
+    pub path: PathBuf,
+    /// SHA-256 (hex) of the file, as messages record it.
+    pub hash: String,
+    /// Each export as `name (kind)`.
+    pub exports: Vec<String>,
+    /// Each import as `name (kind)`.
+    pub imports: Vec<String>,
+    /// What `init` answered to an empty configuration.
+    pub init: Result<(), String>,
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "module: {}", self.path.display())?;
+        writeln!(f, "sha256: {}", self.hash)?;
+        writeln!(f, "exports:")?;
+        for export in &self.exports {
+            writeln!(f, "  {export}")?;
+        }
+        writeln!(f, "imports:")?;
+        for import in &self.imports {
+            writeln!(f, "  {import}")?;
+        }
+        match &self.init {
+            Ok(()) => writeln!(f, "init: accepts an empty configuration")?,
+            Err(message) => writeln!(
+                f,
+                "init: needs configuration (with none it answered: {message}); give it with --transform-config {}.KEY=VALUE",
+                module_name(&self.path)
+            )?,
+        }
+        write!(
+            f,
+            "valid: it fits the wasmcdc:transform@0.1.0 `transformer` world"
+        )
+    }
+}
+
+/// Validates a module against the WIT world: compiles it, starts it, and
+/// calls `init` with no configuration. A module that refuses an empty
+/// configuration is still valid; the report says so.
+pub fn check(path: &Path) -> Result<CheckReport, TransformError> {
+    let spec = ModuleSpec {
+        path: path.to_owned(),
+        table: None,
+    };
+    let (component, pre, hash) = Module::compile(&spec.path)?;
+    let module = Module {
+        name: spec.path.display().to_string(),
+        spec,
+        config: Vec::new(),
+        pre,
+        instance: None,
+    };
+    let init = match module.start() {
+        Ok(_) => Ok(()),
+        Err(TransformError::Init { message, .. }) => Err(message),
+        Err(e) => return Err(e),
+    };
+    let engine = engine()?;
+    let ty = component.component_type();
+    let describe = |name: &str, item: &wasmtime::component::types::ComponentItem| {
+        format!("{name} ({})", item_kind(item))
+    };
+    Ok(CheckReport {
+        path: path.to_owned(),
+        hash,
+        exports: ty
+            .exports(engine)
+            .map(|(name, item)| describe(name, &item.ty))
+            .collect(),
+        imports: ty
+            .imports(engine)
+            .map(|(name, item)| describe(name, &item.ty))
+            .collect(),
+        init,
+    })
+}
+
+/// A component item's kind, in words.
+fn item_kind(item: &wasmtime::component::types::ComponentItem) -> &'static str {
+    use wasmtime::component::types::ComponentItem;
+    match item {
+        ComponentItem::ComponentFunc(_) => "function",
+        ComponentItem::CoreFunc(_) => "core function",
+        ComponentItem::Module(_) => "core module",
+        ComponentItem::Component(_) => "component",
+        ComponentItem::ComponentInstance(_) => "instance",
+        ComponentItem::Type(_) => "type",
+        ComponentItem::Resource(_) => "resource",
+    }
+}
+
+/// Offline trial: reads changes, one per line, and writes each resulting change as a JSON line.
+///
+/// A line is either a change in the host's JSON form (the serde form of
+/// [`Change`]) or a wal2json format-version 2 line as `pg_recvlogical`
+/// prints it. A wal2json `B` line sets the transaction context that guests
+/// see for the changes after it; `C` and `M` lines are skipped.
 pub fn run_test(
-    paths: &[PathBuf],
+    modules: &[PathBuf],
+    config: &[String],
     input: impl BufRead,
     mut output: impl Write,
 ) -> Result<(), TransformError> {
-    let mut chain = TransformChain::load(paths)?;
-    // Trial changes have no source transaction; guests see a fixed, recognisable one.
-    let ctx = TxContext {
+    let mut chain = TransformChain::load(modules, config)?;
+    // Trial changes have no source transaction unless a wal2json B line gives
+    // one; guests see a fixed, recognisable one.
+    let mut ctx = TxContext {
         xid: 0,
         commit_lsn: Lsn(0),
         commit_time: "1970-01-01 00:00:00+00".to_owned(),
@@ -172,10 +415,36 @@ pub fn run_test(
         if line.trim().is_empty() {
             continue;
         }
-        let change: Change = serde_json::from_str(&line).map_err(|e| TransformError::BadInput {
+        let bad = |reason: String| TransformError::BadInput {
             line: line_no,
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let change = if object.contains_key("action") {
+            match wal2json::decode(line.as_bytes()) {
+                Ok(Event::Change(change)) => change,
+                Ok(Event::Begin {
+                    xid,
+                    commit_lsn,
+                    commit_time,
+                }) => {
+                    ctx = TxContext {
+                        xid,
+                        commit_lsn,
+                        commit_time,
+                    };
+                    continue;
+                }
+                Ok(Event::Commit { .. } | Event::Message) => continue,
+                // B and C lines lack LSNs unless include-lsn is on; they carry no change.
+                Err(_) if matches!(object["action"].as_str(), Some("B" | "C")) => continue,
+                Err(e) => return Err(bad(e.to_string())),
+            }
+        } else {
+            serde_json::from_value(serde_json::Value::Object(object))
+                .map_err(|e| bad(e.to_string()))?
+        };
         let changes = chain
             .apply(change, &ctx)
             .map_err(|e| TransformError::AtLine {
@@ -194,6 +463,9 @@ pub fn run_test(
 /// One compiled component and its live instance.
 struct Module {
     name: String,
+    spec: ModuleSpec,
+    /// What `init` receives, on the first start and on every restart.
+    config: Vec<(String, String)>,
     pre: wit::TransformerPre<Guest>,
     /// `None` after a failure: the next call starts a fresh instance, because
     /// a trapped instance cannot be entered again.
@@ -201,7 +473,27 @@ struct Module {
 }
 
 impl Module {
-    fn load(path: &Path) -> Result<(Self, String), TransformError> {
+    fn load(
+        spec: ModuleSpec,
+        config: Vec<(String, String)>,
+    ) -> Result<(Self, String), TransformError> {
+        let (_, pre, hash) = Self::compile(&spec.path)?;
+        let mut module = Self {
+            name: spec.path.display().to_string(),
+            spec,
+            config,
+            pre,
+            instance: None,
+        };
+        // Starting it now reports a module that cannot run at load time, not on the first change.
+        module.instance = Some(module.start()?);
+        Ok((module, hash))
+    }
+
+    /// Reads, hashes and compiles a component, and links it against the host.
+    fn compile(
+        path: &Path,
+    ) -> Result<(Component, wit::TransformerPre<Guest>, String), TransformError> {
         let bytes = std::fs::read(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => TransformError::Missing(path.to_owned()),
             _ => TransformError::Unreadable {
@@ -236,14 +528,7 @@ impl Module {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(incompatible)?;
         let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
         let pre = wit::TransformerPre::new(pre).map_err(incompatible)?;
-        let mut module = Self {
-            name,
-            pre,
-            instance: None,
-        };
-        // Starting it now reports a module that cannot run at load time, not on the first change.
-        module.instance = Some(module.start()?);
-        Ok((module, hash))
+        Ok((component, pre, hash))
     }
 
     fn start(&self) -> Result<Instance, TransformError> {
@@ -294,7 +579,9 @@ impl Module {
             }
         };
         instance.store.set_epoch_deadline(CALL_TICKS);
-        let result = instance.bindings.call_init(&mut instance.store, &[]);
+        let result = instance
+            .bindings
+            .call_init(&mut instance.store, &self.config);
         instance.log_output(&self.name);
         match result {
             Ok(Ok(())) => Ok(instance),
@@ -776,7 +1063,7 @@ mod tests {
 
     #[test]
     fn identity_returns_every_change_unchanged() {
-        let mut chain = TransformChain::load(&[component("identity")]).expect("load identity");
+        let mut chain = TransformChain::load(&[component("identity")], &[]).expect("load identity");
         for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate] {
             let input = change(op, "itrequests");
             let out = chain.apply(input.clone(), &ctx()).expect("apply");
@@ -786,7 +1073,7 @@ mod tests {
 
     #[test]
     fn empty_chain_passes_through() {
-        let mut chain = TransformChain::load(&[]).expect("empty chain");
+        let mut chain = TransformChain::load(&[], &[]).expect("empty chain");
         assert!(chain.is_empty());
         assert!(chain.hashes().is_empty());
         let input = change(Op::Update, "itrequests");
@@ -799,7 +1086,8 @@ mod tests {
     #[test]
     fn chain_of_two_identities_passes_through_and_hashes_each() {
         let identity = component("identity");
-        let mut chain = TransformChain::load(&[identity.clone(), identity.clone()]).expect("load");
+        let mut chain =
+            TransformChain::load(&[identity.clone(), identity.clone()], &[]).expect("load");
         assert!(!chain.is_empty());
         let expected = hex::encode(Sha256::digest(std::fs::read(&identity).expect("read")));
         assert_eq!(chain.hashes(), [expected.clone(), expected]);
@@ -820,7 +1108,7 @@ mod tests {
         let core = dir.join("core-module.wasm");
         std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
         for path in [text, core] {
-            let err = TransformChain::load(std::slice::from_ref(&path))
+            let err = TransformChain::load(std::slice::from_ref(&path), &[])
                 .err()
                 .expect("refused");
             assert!(matches!(err, TransformError::NotComponent { .. }), "{err}");
@@ -844,7 +1132,7 @@ mod tests {
     #[test]
     fn a_missing_file_is_named() {
         let path = PathBuf::from("/nonexistent/transform.wasm");
-        let err = TransformChain::load(std::slice::from_ref(&path))
+        let err = TransformChain::load(std::slice::from_ref(&path), &[])
             .err()
             .expect("refused");
         assert!(matches!(err, TransformError::Missing(_)), "{err}");
@@ -868,7 +1156,7 @@ mod tests {
         }
         input.push('\n');
         let mut output = Vec::new();
-        run_test(&[component("identity")], input.as_bytes(), &mut output).expect("run_test");
+        run_test(&[component("identity")], &[], input.as_bytes(), &mut output).expect("run_test");
         let output = String::from_utf8(output).expect("utf-8");
         let back: Vec<Change> = output
             .lines()
@@ -881,8 +1169,13 @@ mod tests {
     fn run_test_names_a_bad_line() {
         let good = serde_json::to_string(&change(Op::Insert, "itrequests")).expect("json");
         let input = format!("{good}\n{{\"op\": \"upsert\"}}\n");
-        let err = run_test(&[component("identity")], input.as_bytes(), std::io::sink())
-            .expect_err("error");
+        let err = run_test(
+            &[component("identity")],
+            &[],
+            input.as_bytes(),
+            std::io::sink(),
+        )
+        .expect_err("error");
         assert!(
             matches!(err, TransformError::BadInput { line: 2, .. }),
             "{err}"
@@ -895,7 +1188,7 @@ mod tests {
 
     #[test]
     fn guests_drop_fan_out_and_reject() {
-        let mut chain = TransformChain::load(&[component("probe")]).expect("load probe");
+        let mut chain = TransformChain::load(&[component("probe")], &[]).expect("load probe");
         assert!(
             chain
                 .apply(change(Op::Insert, "drop"), &ctx())
@@ -947,7 +1240,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
-        let mut chain = TransformChain::load(&[component("probe")]).expect("load probe");
+        let mut chain = TransformChain::load(&[component("probe")], &[]).expect("load probe");
         tracing::subscriber::with_default(subscriber, || {
             chain
                 .apply(change(Op::Insert, "print"), &ctx())
@@ -967,7 +1260,7 @@ mod tests {
 
     #[test]
     fn a_failing_guest_is_recreated_for_the_next_change() {
-        let mut chain = TransformChain::load(&[component("probe")]).expect("load probe");
+        let mut chain = TransformChain::load(&[component("probe")], &[]).expect("load probe");
         for (table, reason) in [
             ("panic", "it trapped"),
             ("spin", "it ran for more than 100 ms"),
@@ -996,6 +1289,243 @@ mod tests {
                 vec![next]
             );
         }
+    }
+
+    fn config(entries: &[&str]) -> Vec<String> {
+        entries.iter().map(|e| (*e).to_owned()).collect()
+    }
+
+    fn scoped(table: &str, name: &str) -> PathBuf {
+        PathBuf::from(format!("{table}={}", component(name).display()))
+    }
+
+    fn text_of(change: &Change, column: &str) -> String {
+        match &change
+            .columns
+            .iter()
+            .find(|c| c.name == column)
+            .expect("column")
+            .value
+        {
+            Value::Text(s) => s.clone(),
+            other => panic!("{column} is not text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn module_specs_name_a_table_or_not() {
+        let plain = ModuleSpec::parse(Path::new("dir/m.wasm")).expect("plain");
+        assert_eq!(
+            (plain.path.as_path(), plain.table),
+            (Path::new("dir/m.wasm"), None)
+        );
+        let spec = ModuleSpec::parse(Path::new("public.orders=m.wasm")).expect("scoped");
+        assert_eq!(spec.path, Path::new("m.wasm"));
+        assert_eq!(spec.table, TableName::parse("public.orders"));
+        for path in ["./a.b=c.wasm", "x=y.wasm"] {
+            let spec = ModuleSpec::parse(Path::new(path)).expect("path with =");
+            assert_eq!((spec.path.as_path(), spec.table), (Path::new(path), None));
+        }
+        let err = ModuleSpec::parse(Path::new("public.orders=")).expect_err("no path");
+        assert!(matches!(err, TransformError::BadScope(_)), "{err}");
+        assert_eq!(
+            module_name(Path::new("/t/mask_columns.wasm")),
+            "mask_columns"
+        );
+    }
+
+    #[test]
+    fn config_is_split_by_module_name() {
+        let names = config(&["mask_columns", "rename", "orders.v2", "orders"]);
+        let split = split_config(
+            &names,
+            &config(&[
+                "mask-columns.columns=a,b",
+                "rename.column.old=new=x",
+                "orders.v2.k=2",
+                "orders.k=1",
+            ]),
+        )
+        .expect("split");
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(split[0], [pair("columns", "a,b")]);
+        assert_eq!(split[1], [pair("column.old", "new=x")]);
+        assert_eq!(split[2], [pair("k", "2")]);
+        assert_eq!(split[3], [pair("k", "1")]);
+        let err = split_config(&names, &config(&["renam.table=x"])).expect_err("unknown");
+        assert!(matches!(err, TransformError::UnknownModule { .. }), "{err}");
+        assert!(err.to_string().contains("mask_columns, rename"), "{err}");
+        for bad in ["rename", "rename.=x", "table=x"] {
+            assert!(split_config(&names, &config(&[bad])).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_module_gets_its_own_configuration() {
+        let mut chain = TransformChain::load(
+            &[component("rename"), component("mask_columns")],
+            &config(&[
+                "rename.table=requests",
+                "rename.column.requestid=id",
+                "mask-columns.columns=t",
+                "mask-columns.mode=redact",
+            ]),
+        )
+        .expect("load");
+        let out = chain
+            .apply(change(Op::Update, "itrequests"), &ctx())
+            .expect("apply");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].table, "requests");
+        assert_eq!(out[0].key[0].name, "id");
+        assert_eq!(text_of(&out[0], "t"), "***");
+    }
+
+    #[test]
+    fn a_module_that_refuses_its_configuration_fails_to_load() {
+        let err = TransformChain::load(&[component("mask_columns")], &[])
+            .err()
+            .expect("refused");
+        assert!(matches!(err, TransformError::Init { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("mask_columns.wasm' refused its configuration: set columns"),
+            "{message}"
+        );
+        let err =
+            TransformChain::load(&[component("rename")], &config(&["mask-columns.columns=t"]))
+                .err()
+                .expect("unknown module");
+        assert!(matches!(err, TransformError::UnknownModule { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_scoped_module_sees_only_its_source_table() {
+        // The rename runs first and renames every itrequests change; the
+        // scoped mask still sees it, because scope follows the source table.
+        let mut chain = TransformChain::load(
+            &[
+                scoped("public.itrequests", "rename"),
+                scoped("public.itrequests", "mask_columns"),
+                component("identity"),
+            ],
+            &config(&["rename.table=renamed", "mask_columns.columns=t"]),
+        )
+        .expect("load");
+        assert_eq!(chain.hashes().len(), 3);
+        let out = chain
+            .apply(change(Op::Insert, "itrequests"), &ctx())
+            .expect("scoped");
+        assert_eq!(out[0].table, "renamed");
+        assert_eq!(text_of(&out[0], "t").len(), 64);
+        let other = change(Op::Insert, "orders");
+        assert_eq!(
+            chain.apply(other.clone(), &ctx()).expect("unscoped"),
+            vec![other]
+        );
+        let elsewhere = Change {
+            schema: "sales".to_owned(),
+            ..change(Op::Insert, "itrequests")
+        };
+        assert_eq!(
+            chain
+                .apply(elsewhere.clone(), &ctx())
+                .expect("other schema"),
+            vec![elsewhere]
+        );
+    }
+
+    #[test]
+    fn a_chain_scoped_away_from_a_change_passes_it_through() {
+        let mut chain =
+            TransformChain::load(&[scoped("public.orders", "probe")], &[]).expect("load");
+        // The probe would drop this change; it is not for the probe's table.
+        let input = change(Op::Insert, "drop");
+        assert_eq!(
+            chain.apply(input.clone(), &ctx()).expect("apply"),
+            vec![input]
+        );
+    }
+
+    #[test]
+    fn check_reports_hash_exports_imports_and_init() {
+        let path = component("identity");
+        let report = check(&path).expect("valid");
+        let expected = hex::encode(Sha256::digest(std::fs::read(&path).expect("read")));
+        assert_eq!(report.hash, expected);
+        assert!(
+            report.exports.contains(&"init (function)".to_owned()),
+            "{report}"
+        );
+        assert!(
+            report.exports.contains(&"transform (function)".to_owned()),
+            "{report}"
+        );
+        assert!(
+            report
+                .imports
+                .iter()
+                .any(|i| i.starts_with("wasmcdc:transform/types@0.1.0")),
+            "{report}"
+        );
+        assert_eq!(report.init, Ok(()));
+        assert!(
+            report
+                .to_string()
+                .contains("init: accepts an empty configuration")
+        );
+        let report = check(&component("mask_columns")).expect("valid but needs config");
+        assert!(report.init.is_err());
+        assert!(
+            report
+                .to_string()
+                .contains("--transform-config mask_columns.KEY=VALUE"),
+            "{report}"
+        );
+        let err = check(Path::new("/nonexistent/m.wasm")).expect_err("missing");
+        assert!(matches!(err, TransformError::Missing(_)), "{err}");
+    }
+
+    #[test]
+    fn run_test_reads_wal2json_lines() {
+        let input = concat!(
+            r#"{"action":"B","xid":731,"timestamp":"2026-11-26 14:59:09.236558+00","lsn":"0/21AF548","nextlsn":"0/21AFAE0"}"#,
+            "\n",
+            r#"{"action":"I","xid":731,"schema":"public","table":"itrequests","columns":[{"name":"requestid","type":"integer","typeoid":23,"value":1},{"name":"details","type":"character varying(60)","typeoid":1043,"value":"Reset"}]}"#,
+            "\n",
+            r#"{"action":"U","schema":"public","table":"itrequests","columns":[{"name":"requestid","type":"integer","typeoid":23,"value":1},{"name":"details","type":"character varying(60)","typeoid":1043,"value":"Done"}],"identity":[{"name":"requestid","type":"integer","typeoid":23,"value":1}]}"#,
+            "\n",
+            r#"{"action":"D","schema":"public","table":"itrequests","identity":[{"name":"requestid","type":"integer","value":1}]}"#,
+            "\n",
+            r#"{"action":"T","schema":"public","table":"itrequests"}"#,
+            "\n",
+            r#"{"action":"C"}"#,
+            "\n",
+            r#"{"action":"B"}"#,
+            "\n",
+        );
+        let mut output = Vec::new();
+        run_test(&[component("identity")], &[], input.as_bytes(), &mut output).expect("run_test");
+        let output = String::from_utf8(output).expect("utf-8");
+        let back: Vec<Change> = output
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("change line"))
+            .collect();
+        let ops: Vec<Op> = back.iter().map(|c| c.op).collect();
+        assert_eq!(ops, [Op::Insert, Op::Update, Op::Delete, Op::Truncate]);
+        assert_eq!(back[0].columns[0].value, Value::Int(1));
+        assert_eq!(back[1].key[0].name, "requestid");
+        let err = run_test(
+            &[component("identity")],
+            &[],
+            r#"{"action":"X"}"#.as_bytes(),
+            std::io::sink(),
+        )
+        .expect_err("unknown action");
+        assert!(
+            err.to_string().starts_with("line 1 is not a change: "),
+            "{err}"
+        );
     }
 
     #[test]
