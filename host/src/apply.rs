@@ -122,6 +122,14 @@ pub async fn prepare(pool: &MySqlPool, defs: &[TableDef]) -> Result<(), ApplyErr
         my_ident(OFFSETS_TABLE)
     );
     sqlx::query(AssertSqlSafe(create_offsets)).execute(pool).await.map_err(db_error)?;
+    // Offsets tables made by earlier versions lack the later columns.
+    for column in [
+        "state VARCHAR(16) NOT NULL DEFAULT 'streaming' AFTER lsn_text",
+        "transforms VARCHAR(2048) NOT NULL DEFAULT '' AFTER state",
+    ] {
+        let alter = format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {column}", my_ident(OFFSETS_TABLE));
+        sqlx::query(AssertSqlSafe(alter)).execute(pool).await.map_err(db_error)?;
+    }
     for def in defs {
         let sql = crate::catalog::create_table_sql(def);
         sqlx::query(AssertSqlSafe(sql)).execute(pool).await.map_err(db_error)?;
@@ -442,6 +450,14 @@ async fn apply_one_by_one(pool: &MySqlPool, broker: &Broker, pipeline: &str, uni
         match apply_units(pool, pipeline, std::slice::from_ref(&single)).await {
             Ok(()) => {}
             Err(e) if is_data_error(&e) => {
+                // Only the data may be dead-lettered: if the offsets row cannot move either,
+                // the fault is the target's, and the transaction waits for it to be fixed.
+                let skip = Unit {
+                    transactions: Vec::new(),
+                    changes: 0,
+                    ..single
+                };
+                check_offset_writable(pool, pipeline, &skip).await.map_err(db_error)?;
                 let table = tx.changes.first().map(Change::qualified_table).unwrap_or_default();
                 tracing::error!(lsn = %tx.context.commit_lsn, xid = tx.context.xid, %table, error = %e, "MariaDB refused a transaction; it goes to the dead-letter queue");
                 let why = DeadLetter {
@@ -451,16 +467,33 @@ async fn apply_one_by_one(pool: &MySqlPool, broker: &Broker, pipeline: &str, uni
                     table,
                 };
                 broker.dead_letter_message(&unit.message_for(vec![tx.clone()], last_lsn), &why).await?;
-                let empty = Unit {
-                    transactions: Vec::new(),
-                    changes: 0,
-                    ..single
-                };
-                apply_units(pool, pipeline, std::slice::from_ref(&empty)).await.map_err(db_error)?;
+                apply_units(pool, pipeline, std::slice::from_ref(&skip)).await.map_err(db_error)?;
             }
             Err(e) => return Err(db_error(e)),
         }
     }
+    Ok(())
+}
+
+/// Moves the offset past `skip` in a transaction that is rolled back: proves the offsets row is writable.
+async fn check_offset_writable(pool: &MySqlPool, pipeline: &str, skip: &Unit) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    write_offset(&mut tx, pipeline, skip.last_lsn, &skip.transforms.join(",")).await?;
+    tx.rollback().await
+}
+
+async fn write_offset(tx: &mut sqlx::MySqlConnection, pipeline: &str, lsn: Lsn, transforms: &str) -> Result<(), sqlx::Error> {
+    let update = format!(
+        "UPDATE {} SET lsn = ?, lsn_text = ?, transforms = ?, updated_at = UTC_TIMESTAMP(6) WHERE pipeline = ?",
+        my_ident(OFFSETS_TABLE)
+    );
+    sqlx::query(AssertSqlSafe(update))
+        .bind(lsn.0)
+        .bind(lsn.to_string())
+        .bind(transforms)
+        .bind(pipeline)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -491,17 +524,7 @@ async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result
         }
     }
     if let Some(transforms) = transforms.filter(|_| offset != start) {
-        let update = format!(
-            "UPDATE {} SET lsn = ?, lsn_text = ?, transforms = ?, updated_at = UTC_TIMESTAMP(6) WHERE pipeline = ?",
-            my_ident(OFFSETS_TABLE)
-        );
-        sqlx::query(AssertSqlSafe(update))
-            .bind(offset.0)
-            .bind(offset.to_string())
-            .bind(transforms)
-            .bind(pipeline)
-            .execute(&mut *tx)
-            .await?;
+        write_offset(&mut tx, pipeline, offset, &transforms).await?;
     }
     tx.commit().await
 }

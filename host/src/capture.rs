@@ -17,6 +17,7 @@ use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
 use crate::transform::TransformChain;
+use crate::transform::watch::ChainWatcher;
 
 /// Why the capture stopped.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,14 @@ impl Default for CaptureOptions {
     }
 }
 
+/// The transform chain in use, and where new versions of it come from.
+pub struct Transforms {
+    /// The chain changes run through now.
+    pub chain: TransformChain,
+    /// New versions compiled when a module file changes; `None` when not watching.
+    pub reloads: Option<ChainWatcher>,
+}
+
 /// Transactions waiting to be published together.
 struct Batch {
     transactions: Vec<Transaction>,
@@ -78,6 +87,8 @@ struct Capture<'a> {
     pipeline: &'a str,
     broker: &'a Broker,
     chain: TransformChain,
+    /// A new version of the chain, swapped in at the next transaction boundary.
+    next_chain: Option<TransformChain>,
     opts: &'a CaptureOptions,
     tracker: mpsc::Sender<(Option<Lsn>, PendingConfirm)>,
     batch: Batch,
@@ -93,7 +104,7 @@ pub async fn run(
     pipeline: &str,
     target: &PgTarget,
     tables: &[TableName],
-    chain: TransformChain,
+    transforms: Transforms,
     broker: &Broker,
     opts: &CaptureOptions,
     shutdown: CancellationToken,
@@ -115,10 +126,12 @@ pub async fn run(
     let (track_tx, track_rx) = mpsc::channel(opts.max_in_flight);
     let (confirmed_tx, mut confirmed_rx) = watch::channel(start);
     let mut tracker = tokio::spawn(track(track_rx, confirmed_tx));
+    let mut watcher = transforms.reloads;
     let mut capture = Capture {
         pipeline,
         broker,
-        chain,
+        chain: transforms.chain,
+        next_chain: None,
         opts,
         tracker: track_tx,
         batch: Batch {
@@ -164,6 +177,7 @@ pub async fn run(
                     }
                 }
                 _ = sleep_until_opt(linger_at) => capture.flush().await?,
+                Some(chain) = next_chain(&mut watcher) => capture.next_chain = Some(chain),
                 _ = tick.tick() => {
                     capture.heartbeat().await?;
                     let flush = *confirmed_rx.borrow_and_update();
@@ -200,6 +214,13 @@ pub async fn run(
 
 fn tracker_result(joined: Result<Result<(), QueueError>, tokio::task::JoinError>) -> Result<(), QueueError> {
     joined.map_err(|e| QueueError::NotConfirmed(format!("the confirm tracker failed: {e}")))?
+}
+
+async fn next_chain(watcher: &mut Option<ChainWatcher>) -> Option<TransformChain> {
+    match watcher {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -247,6 +268,12 @@ impl Capture<'_> {
                 commit_lsn,
                 commit_time,
             } => {
+                if let Some(chain) = self.next_chain.take() {
+                    // Every message names one chain version: publish what the old one made first.
+                    self.flush().await?;
+                    tracing::info!(hashes = ?chain.hashes(), "swapped in the new transform chain");
+                    self.chain = chain;
+                }
                 self.open = Some(OpenTx {
                     context: TxContext {
                         xid,

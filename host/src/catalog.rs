@@ -100,7 +100,7 @@ pub struct TableDef {
 /// Reads a table's definition, refusing tables whose updates and deletes
 /// wal2json could not describe.
 pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, SourceError> {
-    let sql_err = |e: tokio_postgres::Error| SourceError::Query(e.to_string());
+    let sql_err = SourceError::from;
     let rel = pg
         .query_opt(
             "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

@@ -9,11 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyError, ApplyOptions, Progress};
-use crate::capture::{self, CaptureError, CaptureOptions};
+use crate::capture::{self, CaptureError, CaptureOptions, Transforms};
 use crate::config::{ConfigError, Overrides, Settings, mask_url};
 use crate::queue::{Broker, QueueError};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::{self, PgTarget, SourceError};
+use crate::transform::watch::ChainWatcher;
 use crate::transform::{TransformChain, TransformError};
 
 /// wasmcdc replicates PostgreSQL tables into MariaDB through sandboxed WebAssembly transforms.
@@ -259,6 +260,16 @@ async fn source_tables(settings: &Settings) -> Result<(PgTarget, tokio_postgres:
     Ok((target, pg, defs))
 }
 
+/// The chain and, when there are modules, a watcher that recompiles them when their files change.
+fn live_chain(settings: &Settings, chain: TransformChain) -> Result<Transforms, Error> {
+    let reloads = if settings.transforms.is_empty() {
+        None
+    } else {
+        Some(ChainWatcher::start(&settings.transforms, &settings.transform_config, chain.hashes())?)
+    };
+    Ok(Transforms { chain, reloads })
+}
+
 fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
     let chain = TransformChain::load(&settings.transforms, &settings.transform_config)?;
     for (path, hash) in settings.transforms.iter().zip(chain.hashes()) {
@@ -269,7 +280,9 @@ fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
 
 async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
     let (target, pg, defs) = source_tables(settings).await?;
-    let mut chain = load_chain(settings)?;
+    let chain = load_chain(settings)?;
+    // Watch from the start, so a module replaced during the initial copy is not missed.
+    let mut transforms = live_chain(settings, chain)?;
     let pool = apply::connect(&settings.mariadb_url).await?;
     apply::prepare(&pool, &defs).await?;
     let publisher = Broker::connect(&settings.amqp_url, &settings.slot).await?;
@@ -292,7 +305,7 @@ async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Re
             )));
         }
         (false, _) => {
-            let copied = snapshot::initial_copy(&settings.slot, &target, &defs, &mut chain, &pool, &publisher, &shutdown).await?;
+            let copied = snapshot::initial_copy(&settings.slot, &target, &defs, &mut transforms.chain, &pool, &publisher, &shutdown).await?;
             if copied.is_none() {
                 return Ok(());
             }
@@ -316,7 +329,7 @@ async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Re
     let capture_opts = CaptureOptions::default();
     let apply_opts = ApplyOptions::default();
     let capture = async {
-        let r = capture::run(&settings.slot, &target, &settings.tables, chain, &publisher, &capture_opts, stop.clone()).await;
+        let r = capture::run(&settings.slot, &target, &settings.tables, transforms, &publisher, &capture_opts, stop.clone()).await;
         stop.cancel();
         r
     };
@@ -344,7 +357,7 @@ async fn capture_only(settings: &Settings, shutdown: CancellationToken, up: Up<'
         &settings.slot,
         &target,
         &settings.tables,
-        chain,
+        live_chain(settings, chain)?,
         &broker,
         &CaptureOptions::default(),
         shutdown,
@@ -397,7 +410,7 @@ async fn status(settings: &Settings) -> Result<(), Error> {
             &[&settings.slot],
         )
         .await
-        .map_err(|e| SourceError::Query(e.to_string()))?;
+        .map_err(SourceError::from)?;
     match lag {
         Some(r) => println!(
             "slot: confirmed {} , lag {} bytes, {}, wal_status {}",

@@ -74,7 +74,7 @@ pub async fn initial_copy(
     tracing::info!(pipeline, %consistent, snapshot, "created replication slot; copying existing rows");
 
     let pg = target.sql().await?;
-    let query = |e: tokio_postgres::Error| SourceError::Query(e.to_string());
+    let query = SourceError::from;
     pg.batch_execute(&format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
         snapshot.replace('\'', "''")

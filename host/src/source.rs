@@ -58,6 +58,16 @@ pub enum SourceError {
     Replication(String),
 }
 
+impl From<tokio_postgres::Error> for SourceError {
+    /// A failed query, with the server's own message rather than tokio-postgres' "db error".
+    fn from(e: tokio_postgres::Error) -> Self {
+        SourceError::Query(match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        })
+    }
+}
+
 /// Connection parameters taken from `--pg-url`.
 #[derive(Clone, Debug)]
 pub struct PgTarget {
@@ -168,7 +178,7 @@ pub async fn preflight(pg: &Client, tables: &[TableName]) -> Result<Vec<crate::c
     let wal_level: String = pg
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
-        .map_err(|e| SourceError::Query(e.to_string()))?
+        .map_err(SourceError::from)?
         .get(0);
     if wal_level != "logical" {
         return Err(SourceError::WalLevel(wal_level));
@@ -189,7 +199,7 @@ pub async fn slot_state(pg: &Client, slot: &str) -> Result<Option<SlotState>, So
             &[&slot],
         )
         .await
-        .map_err(|e| SourceError::Query(e.to_string()))?;
+        .map_err(SourceError::from)?;
     Ok(row.map(|r| SlotState {
         plugin: r.get(0),
         confirmed_flush: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()).unwrap_or_default(),
@@ -234,6 +244,6 @@ pub async fn drop_slot(pg: &Client, slot: &str) -> Result<bool, SourceError> {
             &[&slot],
         )
         .await
-        .map_err(|e| SourceError::Slot(format!("cannot drop replication slot '{slot}': {e}; stop the pipeline that is using it first")))?;
+        .map_err(|e| SourceError::Slot(format!("cannot drop replication slot '{slot}': {}; stop the pipeline that is using it first", SourceError::from(e))))?;
     Ok(!dropped.is_empty())
 }

@@ -18,6 +18,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+pub mod watch;
+
 use crate::catalog::TableName;
 use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
 use crate::source::wal2json::{self, Event};
