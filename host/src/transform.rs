@@ -46,6 +46,10 @@ const TABLE_ELEMENTS: usize = 20_000;
 const MEMORY_COUNT: usize = 4;
 /// Guest output kept per stream and call; the rest is dropped, not trapped on.
 const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Changes one call may return: a fan-out larger than this is a runaway module.
+const MAX_RESULT_CHANGES: usize = 10_000;
+/// Bytes of text and binary values one call may return.
+const MAX_RESULT_BYTES: usize = 32 << 20;
 
 /// Why a transform module could not be loaded or could not transform a change.
 #[derive(Debug, thiserror::Error)]
@@ -614,7 +618,20 @@ impl Module {
             .call_transform(&mut instance.store, change, ctx);
         instance.log_output(&self.name);
         match result {
-            Ok(Ok(changes)) => Ok(changes),
+            Ok(Ok(changes)) => {
+                let bytes: usize = changes.iter().map(result_bytes).sum();
+                if changes.len() > MAX_RESULT_CHANGES || bytes > MAX_RESULT_BYTES {
+                    return Err(TransformError::Failed {
+                        module: self.name.clone(),
+                        reason: format!(
+                            "it returned {} changes ({bytes} bytes of values) for one change; at most {MAX_RESULT_CHANGES} changes and {} MiB are allowed",
+                            changes.len(),
+                            MAX_RESULT_BYTES >> 20
+                        ),
+                    });
+                }
+                Ok(changes)
+            }
             Ok(Err(message)) => Err(TransformError::Rejected {
                 module: self.name.clone(),
                 message,
@@ -629,6 +646,29 @@ impl Module {
             }
         }
     }
+}
+
+/// The size of a returned change's names and values, for the output cap.
+fn result_bytes(change: &wit::Change) -> usize {
+    let value = |v: &wit::Value| match v {
+        wit::Value::Bytes(b) => b.len(),
+        wit::Value::Numeric(s)
+        | wit::Value::Text(s)
+        | wit::Value::Json(s)
+        | wit::Value::Date(s)
+        | wit::Value::Time(s)
+        | wit::Value::Timestamp(s)
+        | wit::Value::Timestamptz(s) => s.len(),
+        _ => 8,
+    };
+    change.schema.len()
+        + change.table.len()
+        + change
+            .columns
+            .iter()
+            .chain(&change.key)
+            .map(|c| c.name.len() + c.pg_type.len() + value(&c.value))
+            .sum::<usize>()
 }
 
 /// A running instance with its own store, so a failure poisons nothing else.
@@ -1268,6 +1308,8 @@ mod tests {
             ("spin", "it ran for more than 100 ms"),
             ("hog", "it needed more than its 64 MiB of memory"),
             ("recurse", "it overflowed its 512 KiB stack"),
+            ("wide", "it returned 10001 changes"),
+            ("flood", "it"),
         ] {
             let err = chain
                 .apply(change(Op::Insert, table), &ctx())

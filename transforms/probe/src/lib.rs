@@ -48,6 +48,16 @@ fn respond(change: Change) -> Result<Vec<Change>, String> {
             };
             Ok(vec![change, copy])
         }
+        // Runaway fan-outs of bare changes: just over the host's cap, and a million.
+        "wide" | "flood" => {
+            let count = if change.table == "wide" { 10_001 } else { 1_000_000 };
+            let bare = Change {
+                columns: Vec::new(),
+                key: Vec::new(),
+                ..change
+            };
+            Ok(vec![bare; count])
+        }
         _ => Ok(vec![change]),
     }
 }
