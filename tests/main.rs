@@ -8,8 +8,12 @@
 mod support;
 
 mod bad_input;
+mod compose;
+mod fidelity;
+mod hygiene;
 mod identity;
 mod keys;
 mod large_transaction;
 mod restart;
 mod seed;
+mod snapshot;

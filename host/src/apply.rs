@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, Connection, MySql, MySqlConnection, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{TableDef, my_ident, target_table};
-use crate::change::{Change, Lsn, MESSAGE_FORMAT, Message, Op, Transaction, Value};
+use crate::change::{Change, Column, Lsn, MESSAGE_FORMAT, Message, Op, Transaction, TxContext, Value};
 use crate::queue::{Broker, DeadLetter, QueueError};
 
 /// The table that records, per pipeline, the last applied commit LSN.
@@ -192,13 +192,51 @@ pub async fn begin_copy(pool: &MySqlPool, pipeline: &str, targets: &[String]) ->
     Ok(())
 }
 
-/// Writes copied rows in one MariaDB transaction.
-pub async fn write_rows(pool: &MySqlPool, rows: &[Change]) -> Result<(), ApplyError> {
-    let mut tx = pool.begin().await.map_err(db_error)?;
-    for row in rows {
-        apply_change(&mut tx, row).await.map_err(db_error)?;
+/// Writes copied rows in one MariaDB transaction. If MariaDB refuses the batch,
+/// it writes them one by one and dead-letters each row it still refuses.
+pub async fn write_rows(
+    pool: &MySqlPool,
+    broker: &Broker,
+    pipeline: &str,
+    transforms: &[String],
+    context: &TxContext,
+    rows: &[Change],
+) -> Result<(), ApplyError> {
+    async fn write(pool: &MySqlPool, rows: &[Change]) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        for row in rows {
+            apply_change(&mut tx, row).await?;
+        }
+        tx.commit().await
     }
-    tx.commit().await.map_err(db_error)
+    match write(pool, rows).await {
+        Ok(()) => return Ok(()),
+        Err(e) if is_data_error(&e) => tracing::warn!(error = %e, "MariaDB refused a batch of copied rows; writing them one by one"),
+        Err(e) => return Err(db_error(e)),
+    }
+    for row in rows {
+        match write(pool, std::slice::from_ref(row)).await {
+            Ok(()) => {}
+            Err(e) if is_data_error(&e) => {
+                let table = row.qualified_table();
+                tracing::error!(%table, error = %e, "MariaDB refused a copied row; it goes to the dead-letter queue");
+                let transaction = Transaction {
+                    context: context.clone(),
+                    changes: vec![row.clone()],
+                };
+                let why = DeadLetter {
+                    stage: "apply",
+                    reason: format!("MariaDB refused the copied row: {e}"),
+                    lsn: context.commit_lsn.to_string(),
+                    table,
+                };
+                let message = Message::new(pipeline, transforms, vec![transaction], context.commit_lsn);
+                broker.dead_letter_message(&message, &why).await?;
+            }
+            Err(e) => return Err(db_error(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Forgets `pipeline`'s offset.
@@ -541,14 +579,14 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
             .collect::<Vec<_>>()
             .join(" AND ")
     };
-    let (sql, values): (String, Vec<&Value>) = match change.op {
+    let (sql, values): (String, Vec<&Column>) = match change.op {
         Op::Insert => (
             format!(
                 "INSERT INTO {table} ({}) VALUES ({})",
                 present.iter().map(|c| my_ident(&c.name)).collect::<Vec<_>>().join(", "),
                 placeholders(present.len())
             ),
-            present.iter().map(|c| &c.value).collect(),
+            present.clone(),
         ),
         Op::Update => (
             format!(
@@ -556,11 +594,11 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
                 present.iter().map(|c| format!("{} = ?", my_ident(&c.name))).collect::<Vec<_>>().join(", "),
                 key_clause()
             ),
-            present.iter().map(|c| &c.value).chain(change.key.iter().map(|k| &k.value)).collect(),
+            present.iter().copied().chain(change.key.iter()).collect(),
         ),
         Op::Delete => (
             format!("DELETE FROM {table} WHERE {}", key_clause()),
-            change.key.iter().map(|k| &k.value).collect(),
+            change.key.iter().collect(),
         ),
         // TRUNCATE would commit the surrounding transaction in MariaDB.
         Op::Truncate => (format!("DELETE FROM {table}"), Vec::new()),
@@ -599,11 +637,13 @@ fn describe_key(change: &Change) -> String {
 type MyQuery<'q> = Query<'q, MySql, MySqlArguments>;
 
 /// Binds one value as a parameter; values are never pasted into SQL.
-fn bind<'q>(query: MyQuery<'q>, value: &'q Value) -> Result<MyQuery<'q>, sqlx::Error> {
-    Ok(match value {
+fn bind<'q>(query: MyQuery<'q>, column: &'q Column) -> Result<MyQuery<'q>, sqlx::Error> {
+    Ok(match &column.value {
         Value::Null => query.bind(None::<String>),
         Value::Bool(b) => query.bind(*b),
         Value::Int(i) => query.bind(*i),
+        // A real is a single-precision float: as a double, its largest values overflow MariaDB's FLOAT.
+        Value::Float(f) if column.pg_type == "real" => query.bind(*f as f32),
         Value::Float(f) => query.bind(*f),
         Value::Numeric(s)
         | Value::Text(s)

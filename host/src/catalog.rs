@@ -235,32 +235,76 @@ pub fn create_table_sql(def: &TableDef) -> String {
     )
 }
 
-/// SQL expressions that print a column the same way on both sides, for `verify`.
-pub fn canonical_exprs(column: &ColumnDef) -> (String, String) {
+/// How `verify` finishes a column's text before comparing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Canon {
+    /// Compared as printed.
+    Text,
+    /// Parsed as a number: the two servers print exponents and digits differently.
+    Float,
+    /// Parsed as JSON: MariaDB keeps the text as written, PostgreSQL's jsonb reorders it.
+    Json,
+}
+
+/// SQL expressions that print a column comparably on both sides, and how to finish them, for `verify`.
+pub fn canonical_exprs(column: &ColumnDef) -> (String, String, Canon) {
     let pg = pg_ident(&column.name);
     let my = my_ident(&column.name);
     let t = column.pg_type.as_str();
+    let plain = |canon| (format!("({pg})::text"), format!("CAST({my} AS CHAR)"), canon);
     if t == "boolean" {
-        (format!("CASE WHEN {pg} THEN '1' ELSE '0' END"), format!("CAST({my} AS CHAR)"))
+        (
+            format!("CASE WHEN {pg} IS NULL THEN NULL WHEN {pg} THEN '1' ELSE '0' END"),
+            format!("CAST({my} AS CHAR)"),
+            Canon::Text,
+        )
     } else if t == "bytea" {
-        (format!("encode({pg}, 'hex')"), format!("LOWER(HEX({my}))"))
+        (format!("encode({pg}, 'hex')"), format!("LOWER(HEX({my}))"), Canon::Text)
+    } else if t == "real" || t == "double precision" {
+        // Both widened to double, so a FLOAT is compared at its stored precision.
+        // NaN and ±Infinity are stored as NULL (see the README).
+        (
+            format!("CASE WHEN {pg} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE ({pg})::float8::text END"),
+            format!("CAST(CAST({my} AS DOUBLE) AS CHAR)"),
+            Canon::Float,
+        )
+    } else if t == "numeric" {
+        // The target column is DECIMAL(65,30): print the source at the same scale.
+        (
+            format!("CASE WHEN {pg} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE ({pg})::numeric(65,30)::text END"),
+            format!("CAST({my} AS CHAR)"),
+            Canon::Text,
+        )
     } else if t.starts_with("timestamp") && t.ends_with("with time zone") {
         (
             format!("to_char({pg} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"),
             format!("DATE_FORMAT({my}, '%Y-%m-%d %H:%i:%s.%f')"),
+            Canon::Text,
         )
     } else if t.starts_with("timestamp") {
         (
             format!("to_char({pg}, 'YYYY-MM-DD HH24:MI:SS.US')"),
             format!("DATE_FORMAT({my}, '%Y-%m-%d %H:%i:%s.%f')"),
+            Canon::Text,
         )
     } else if t.starts_with("time") {
-        (format!("to_char({pg}, 'HH24:MI:SS.US')"), format!("TIME_FORMAT({my}, '%H:%i:%s.%f')"))
+        (format!("to_char({pg}, 'HH24:MI:SS.US')"), format!("TIME_FORMAT({my}, '%H:%i:%s.%f')"), Canon::Text)
     } else if t == "json" || t == "jsonb" {
-        // Both sides normalised to jsonb's canonical text.
-        (format!("({pg})::jsonb::text"), format!("CAST({my} AS CHAR)"))
+        plain(Canon::Json)
     } else {
-        (format!("({pg})::text"), format!("CAST({my} AS CHAR)"))
+        plain(Canon::Text)
+    }
+}
+
+impl Canon {
+    /// The comparable form of one printed value.
+    pub fn finish(self, text: Option<String>) -> Option<String> {
+        let text = text?;
+        Some(match self {
+            Canon::Text => text,
+            Canon::Float => text.parse::<f64>().map_or(text, |f| format!("{f:?}")),
+            Canon::Json => serde_json::from_str::<serde_json::Value>(&text).map_or(text, |v| v.to_string()),
+        })
     }
 }
 
@@ -286,6 +330,13 @@ mod tests {
         assert_eq!(mariadb_type("text", true), "VARCHAR(768)");
         assert_eq!(mariadb_type("integer[]", false), "LONGTEXT");
         assert_eq!(my_ident("we`ird"), "`we``ird`");
+    }
+
+    #[test]
+    fn canonical_forms_agree_across_servers() {
+        assert_eq!(Canon::Float.finish(Some("1.7976931348623157e+308".into())), Canon::Float.finish(Some("1.7976931348623157e308".into())));
+        assert_eq!(Canon::Json.finish(Some(r#"{"b": 1,  "a":2}"#.into())), Canon::Json.finish(Some(r#"{"a": 2, "b": 1}"#.into())));
+        assert_eq!(Canon::Text.finish(None), None);
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub async fn initial_copy(
                 break;
             }
             let fetched = rows.len();
-            apply::write_rows(pool, &rows).await?;
+            apply::write_rows(pool, broker, pipeline, chain.hashes(), &context, &rows).await?;
             copied += fetched;
             tracing::info!(table = %def.name, copied, total, "initial copy");
             if fetched == 0 {

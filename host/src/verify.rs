@@ -69,9 +69,17 @@ pub async fn compare(pg: &Client, my: &MySqlPool, def: &TableDef) -> Result<Tabl
         .iter()
         .filter_map(|k| def.columns.iter().position(|c| &c.name == k))
         .collect();
-    let (pg_exprs, my_exprs): (Vec<String>, Vec<String>) = def.columns.iter().map(canonical_exprs).unzip();
+    let mut pg_exprs = Vec::new();
+    let mut my_exprs = Vec::new();
+    let mut canons = Vec::new();
+    for (pg, my, canon) in def.columns.iter().map(canonical_exprs) {
+        pg_exprs.push(pg);
+        my_exprs.push(my);
+        canons.push(canon);
+    }
     let pg_sql = format!("SELECT {} FROM {}", pg_exprs.join(", "), def.name.pg_quoted());
     let split = |row: Vec<Option<String>>| -> (Vec<Option<String>>, Vec<Option<String>>) {
+        let row: Vec<Option<String>> = row.into_iter().zip(&canons).map(|(v, c)| c.finish(v)).collect();
         (key_idx.iter().map(|&i| row[i].clone()).collect(), row)
     };
     let mut source: Rows = HashMap::new();

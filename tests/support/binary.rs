@@ -247,6 +247,13 @@ impl Running {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash or an out-of-memory kill would, and reaps it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the process is running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Sends SIGTERM and asserts a clean exit (status 0) within 30 s.
     pub async fn stop(mut self) {
         let mut child = self.child.take().expect("the process is running");

@@ -120,6 +120,48 @@ impl Env {
         }
     }
 
+    /// The current WAL insert position of the source server, as a number.
+    pub async fn current_wal_lsn(&self) -> u64 {
+        let text: String = self
+            .pg
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::text", &[])
+            .await
+            .expect("pg_current_wal_lsn() is readable")
+            .get(0);
+        text.parse().expect("an LSN is a whole number")
+    }
+
+    /// `pipeline`'s slot's `confirmed_flush_lsn` as a number, if the slot exists and has one.
+    pub async fn confirmed_flush_lsn(&self, pipeline: &Pipeline) -> Option<u64> {
+        self.pg
+            .query_opt(
+                "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&pipeline.slot],
+            )
+            .await
+            .expect("pg_replication_slots is readable")
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .map(|s| s.parse().expect("an LSN is a whole number"))
+    }
+
+    /// `pipeline`'s row in the target's offsets table: its LSN and state.
+    pub async fn offsets_row(&self, pipeline: &Pipeline) -> Option<(u64, String)> {
+        let my = self.my(pipeline).await;
+        let row = db::my_rows(
+            &my,
+            &format!(
+                "SELECT CAST(lsn AS CHAR), state FROM wasmcdc_offsets WHERE pipeline = '{}'",
+                pipeline.slot
+            ),
+        )
+        .await;
+        my.close().await;
+        row.into_iter().next().map(|r| {
+            let lsn = r[0].as_deref().unwrap_or_default().parse().expect("an LSN is a whole number");
+            (lsn, r[1].clone().unwrap_or_default())
+        })
+    }
+
     /// Waits until `my_sql` in `pipeline`'s target returns `expected` (both sorted).
     pub async fn wait_target(
         &self,

@@ -60,6 +60,13 @@ struct Line {
     columns: Vec<RawColumn>,
     #[serde(default)]
     identity: Vec<RawColumn>,
+    #[serde(default)]
+    pk: Vec<KeyColumn>,
+}
+
+#[derive(Deserialize)]
+struct KeyColumn {
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -118,8 +125,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         schema: line.schema.clone().ok_or_else(|| fail("no schema".into()))?,
         table: line.table.clone().ok_or_else(|| fail("no table".into()))?,
         columns: columns(&line.columns)?,
-        key: columns(&line.identity)?,
+        key: key_columns(columns(&line.identity)?, &line.pk),
     }))
+}
+
+/// With REPLICA IDENTITY FULL, wal2json sends the whole old row as identity;
+/// the row is found by its primary key alone (floats and NULLs never match by equality).
+fn key_columns(identity: Vec<Column>, pk: &[KeyColumn]) -> Vec<Column> {
+    if pk.is_empty() {
+        return identity;
+    }
+    let keyed: Vec<Column> = pk
+        .iter()
+        .filter_map(|k| identity.iter().find(|c| c.name == k.name).cloned())
+        .collect();
+    if keyed.len() == pk.len() { keyed } else { identity }
 }
 
 // PostgreSQL type OIDs (pg_type.dat) that get a dedicated value variant.
@@ -204,6 +224,10 @@ mod tests {
                 Value::Bytes(vec![0xde, 0xad])
             ]
         );
+        let full = decode(br#"{"action":"D","schema":"public","table":"acct","identity":[{"name":"id","type":"integer","typeoid":23,"value":1},{"name":"ratio","type":"double precision","typeoid":701,"value":0.1}],"pk":[{"name":"id","type":"integer","typeoid":23}]}"#).expect("full");
+        let Event::Change(full) = full else { panic!("not a change") };
+        assert_eq!(full.key.len(), 1, "a FULL identity is narrowed to the primary key");
+        assert_eq!(full.key[0].name, "id");
         let delete = decode(br#"{"action":"D","schema":"public","table":"ct","identity":[{"name":"a","type":"integer","typeoid":23,"value":5}]}"#).expect("delete");
         let Event::Change(change) = delete else { panic!("not a change") };
         assert_eq!(change.key[0].value, Value::Int(5));
