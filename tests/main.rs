@@ -13,6 +13,7 @@ mod fidelity;
 mod hygiene;
 mod identity;
 mod keys;
+mod privileges;
 mod large_transaction;
 mod restart;
 mod seed;
