@@ -80,3 +80,15 @@ fn running_log_contains(slot: &str, needle: &str) -> bool {
         .filter(|e| e.file_name().to_string_lossy().starts_with(slot))
         .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|text| text.contains(needle)))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encryption_is_enforced_when_the_urls_ask_for_it() {
+    let env = Env::new("tls").await;
+    env.pg_exec(SEED_TABLE).await;
+    let pipeline = env.pipeline();
+    // The local servers speak no TLS, so asking for it must fail loudly, never fall back to plain text.
+    let mariadb = pipeline.mariadb_url(&format!("{}?ssl-mode=REQUIRED", pipeline.mariadb_url));
+    mariadb.expect_error(&["status"], &["MariaDB", "TLS"], secs(60)).await;
+    let amqp = pipeline.amqp_url(&pipeline.amqp_url.replacen("amqp://", "amqps://", 1));
+    amqp.expect_error(&["status"], &["RabbitMQ"], secs(60)).await;
+}
