@@ -9,6 +9,7 @@ mod support;
 
 mod bad_input;
 mod compose;
+mod dead_letters;
 mod fidelity;
 mod hygiene;
 mod identity;

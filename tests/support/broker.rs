@@ -23,3 +23,28 @@ pub async fn queue_depth(name: &str) -> u32 {
     let _ = connection.close(200, "done".into()).await;
     queue.message_count()
 }
+
+/// Publishes `body` as a persistent message to the pipeline exchange `exchange`, with the change routing key.
+pub async fn publish_raw(exchange: &str, body: &[u8]) {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to RabbitMQ at {AMQP_URL}: {e}"));
+    let channel = connection.create_channel().await.expect("a RabbitMQ channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            "changes".into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack(), "RabbitMQ did not accept the message");
+    let _ = connection.close(200, "done".into()).await;
+}
