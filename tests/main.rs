@@ -10,6 +10,7 @@ mod support;
 mod bad_input;
 mod compose;
 mod dead_letters;
+mod drift;
 mod fidelity;
 mod hygiene;
 mod identity;

@@ -6,6 +6,7 @@
 //! the recorded offset is skipped, so redeliveries have no effect: at-least-once
 //! delivery with an exactly-once effect.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -310,6 +311,7 @@ pub async fn run(
     );
     sqlx::query(AssertSqlSafe(insert)).bind(pipeline).execute(pool).await.map_err(db_error)?;
     let mut consumer = broker.consume(opts.prefetch).await?;
+    let mut known = KnownColumns::default();
     let mut group: Vec<Unit> = Vec::new();
     let mut group_changes = 0usize;
     let mut last_tag: Option<u64> = None;
@@ -326,7 +328,7 @@ pub async fn run(
         let delivery = match next {
             // Quiet for a moment: commit what we have.
             None => {
-                commit(pipeline, broker, pool, &mut group, &mut last_tag).await?;
+                commit(pipeline, broker, pool, &mut known, &mut group, &mut last_tag).await?;
                 group_changes = 0;
                 continue;
             }
@@ -412,7 +414,7 @@ pub async fn run(
         }
         settled(&assembly);
         if group_changes >= opts.group_changes && assembly.is_none() {
-            commit(pipeline, broker, pool, &mut group, &mut last_tag).await?;
+            commit(pipeline, broker, pool, &mut known, &mut group, &mut last_tag).await?;
             group_changes = 0;
         }
     }
@@ -421,7 +423,7 @@ pub async fn run(
     if let Some(a) = &assembly {
         tracing::info!(lsn = %a.unit.last_lsn, "leaving an incomplete large transaction for redelivery");
     }
-    commit(pipeline, broker, pool, &mut group, &mut last_tag).await?;
+    commit(pipeline, broker, pool, &mut known, &mut group, &mut last_tag).await?;
     Ok(())
 }
 
@@ -450,11 +452,13 @@ async fn commit(
     pipeline: &str,
     broker: &Broker,
     pool: &MySqlPool,
+    known: &mut KnownColumns,
     group: &mut Vec<Unit>,
     last_tag: &mut Option<u64>,
 ) -> Result<(), ApplyError> {
     if !group.is_empty() {
         let units = std::mem::take(group);
+        add_new_columns(pool, known, &units).await?;
         match apply_units(pool, pipeline, &units).await {
             Ok(()) => {}
             Err(e) if is_data_error(&e) => {
@@ -508,6 +512,52 @@ async fn apply_one_by_one(pool: &MySqlPool, broker: &Broker, pipeline: &str, uni
                 apply_units(pool, pipeline, std::slice::from_ref(&skip)).await.map_err(db_error)?;
             }
             Err(e) => return Err(db_error(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The columns each target table is known to have, read once per table.
+type KnownColumns = HashMap<String, HashSet<String>>;
+
+/// Adds columns that changes carry but their target table lacks (a column added
+/// in PostgreSQL), before the group's transaction: in MariaDB, DDL would commit
+/// that transaction half-way. Rows that existed before hold NULL in the new column.
+async fn add_new_columns(pool: &MySqlPool, known: &mut KnownColumns, units: &[Unit]) -> Result<(), ApplyError> {
+    let changes = units.iter().flat_map(|u| &u.transactions).flat_map(|t| &t.changes);
+    for change in changes.filter(|c| matches!(c.op, Op::Insert | Op::Update)) {
+        let table = target_table(&change.schema, &change.table);
+        if !known.contains_key(&table) {
+            let columns: HashSet<String> = sqlx::query(
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
+            )
+            .bind(&table)
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+            known.insert(table.clone(), columns);
+        }
+        let Some(columns) = known.get_mut(&table) else { continue };
+        // A table that does not exist has no columns; the write then fails and is dead-lettered with the reason.
+        if columns.is_empty() {
+            continue;
+        }
+        for column in &change.columns {
+            if columns.contains(&column.name) {
+                continue;
+            }
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {} NULL",
+                my_ident(&table),
+                my_ident(&column.name),
+                crate::catalog::mariadb_type(&column.pg_type, false)
+            );
+            sqlx::query(AssertSqlSafe(sql)).execute(pool).await.map_err(db_error)?;
+            tracing::warn!(%table, column = %column.name, pg_type = %column.pg_type, "added a column that appeared in the source; rows that existed before hold NULL in it");
+            columns.insert(column.name.clone());
         }
     }
     Ok(())
