@@ -16,7 +16,7 @@ use crate::change::{Change, Chunk, Lsn, Message, Transaction, TxContext};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
-use crate::transform::TransformChain;
+use crate::transform::{TransformChain, guest_code};
 use crate::transform::watch::ChainWatcher;
 
 /// Why the capture stopped.
@@ -412,7 +412,7 @@ pub(crate) async fn transform_change(
         return Ok(());
     }
     let table = change.qualified_table();
-    match chain.apply(change.clone(), context) {
+    match guest_code(|| chain.apply(change.clone(), context)) {
         Ok(changes) => out.extend(changes),
         Err(e) => {
             tracing::error!(%table, lsn = %context.commit_lsn, error = %e, "dead-lettering a change the transform chain refused");

@@ -15,7 +15,7 @@ use crate::queue::{Broker, QueueError};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::{self, PgTarget, SourceError};
 use crate::transform::watch::ChainWatcher;
-use crate::transform::{TransformChain, TransformError};
+use crate::transform::{TransformChain, TransformError, guest_code};
 
 /// wasmcdc replicates PostgreSQL tables into MariaDB through sandboxed WebAssembly transforms.
 #[derive(Debug, Parser)]
@@ -177,9 +177,9 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
             TransformCommand::Test { modules } => {
                 let stdin = std::io::stdin().lock();
                 let stdout = std::io::stdout().lock();
-                crate::transform::run_test(modules, &settings.transform_config, stdin, stdout)?;
+                guest_code(|| crate::transform::run_test(modules, &settings.transform_config, stdin, stdout))?;
             }
-            TransformCommand::Check { module } => println!("{}", crate::transform::check(module)?),
+            TransformCommand::Check { module } => println!("{}", guest_code(|| crate::transform::check(module))?),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -271,7 +271,7 @@ fn live_chain(settings: &Settings, chain: TransformChain) -> Result<Transforms, 
 }
 
 fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
-    let chain = TransformChain::load(&settings.transforms, &settings.transform_config)?;
+    let chain = guest_code(|| TransformChain::load(&settings.transforms, &settings.transform_config))?;
     for (path, hash) in settings.transforms.iter().zip(chain.hashes()) {
         tracing::info!(module = %path.display(), %hash, "transform loaded");
     }
@@ -558,7 +558,7 @@ fn replayable(
         for tx in &mut message.transactions {
             let mut out = Vec::new();
             for change in std::mem::take(&mut tx.changes) {
-                out.extend(chain.apply(change, &tx.context).map_err(|e| format!("still refused: {e}"))?);
+                out.extend(guest_code(|| chain.apply(change, &tx.context)).map_err(|e| format!("still refused: {e}"))?);
             }
             tx.changes = out;
         }

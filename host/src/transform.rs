@@ -46,6 +46,20 @@ const TABLE_ELEMENTS: usize = 20_000;
 const MEMORY_COUNT: usize = 4;
 /// Guest output kept per stream and call; the rest is dropped, not trapped on.
 const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Runs guest code (load, init, transform) from anywhere, async code included.
+///
+/// wasmtime-wasi flushes a guest's stdout and stderr by blocking on the ambient
+/// tokio runtime, which panics on a runtime thread; `block_in_place` makes the
+/// thread a blocking one for the duration of the call.
+pub fn guest_code<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Changes one call may return: a fan-out larger than this is a runaway module.
 const MAX_RESULT_CHANGES: usize = 10_000;
 /// Bytes of text and binary values one call may return.

@@ -57,6 +57,8 @@ pub struct Pipeline {
     pub tables: String,
     /// `--transform`, in chain order.
     pub transforms: Vec<PathBuf>,
+    /// `--transform-config`, `MODULE.KEY=VALUE`.
+    pub transform_config: Vec<String>,
 }
 
 impl Pipeline {
@@ -99,6 +101,13 @@ impl Pipeline {
         p
     }
 
+    /// The same pipeline with `entry` (`MODULE.KEY=VALUE`) added to its `--transform-config`.
+    pub fn transform_config(&self, entry: &str) -> Self {
+        let mut p = self.clone();
+        p.transform_config.push(entry.to_owned());
+        p
+    }
+
     /// `wasmcdc <command...>` with this pipeline's flags and none from the environment.
     pub fn command(&self, command: &[&str]) -> Command {
         let mut cmd = Command::new(binary());
@@ -111,6 +120,9 @@ impl Pipeline {
         for t in &self.transforms {
             cmd.arg("--transform").arg(t);
         }
+        for c in &self.transform_config {
+            cmd.arg("--transform-config").arg(c);
+        }
         for var in [
             "WASMCDC_PG_URL",
             "WASMCDC_AMQP_URL",
@@ -118,6 +130,7 @@ impl Pipeline {
             "WASMCDC_SLOT",
             "WASMCDC_TABLES",
             "WASMCDC_TRANSFORM",
+            "WASMCDC_TRANSFORM_CONFIG",
             "WASMCDC_CONFIG",
             "RUST_BACKTRACE",
         ] {
@@ -135,6 +148,47 @@ impl Pipeline {
             Ok(out) => out.unwrap_or_else(|e| panic!("cannot start wasmcdc {command:?}: {e}")),
             Err(_) => panic!("wasmcdc {command:?} did not finish within {limit:?}"),
         }
+    }
+
+    /// Runs a command with `input` on its standard input; fails the test if it takes longer than `limit`.
+    pub async fn output_with_input(&self, command: &[&str], input: &str, limit: Duration) -> Output {
+        use tokio::io::AsyncWriteExt as _;
+        let mut cmd = tokio::process::Command::from(self.command(command));
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start wasmcdc {command:?}: {e}"));
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // A command that fails early closes its end; what it says matters, not the write.
+        let _ = stdin.write_all(input.as_bytes()).await;
+        drop(stdin);
+        match tokio::time::timeout(limit, child.wait_with_output()).await {
+            Ok(out) => out.unwrap_or_else(|e| panic!("wasmcdc {command:?} could not be awaited: {e}")),
+            Err(_) => panic!("wasmcdc {command:?} did not finish within {limit:?}"),
+        }
+    }
+
+    /// `wasmcdc dlq list`: the dead letters of this pipeline, in queue order (they stay in the queue).
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        let out = self.output(&["dlq", "list", "--limit", "1000"], secs(60)).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "wasmcdc dlq list failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_dead_letters(&stdout)
+    }
+
+    /// `wasmcdc status`: its standard output; fails the test if it fails.
+    pub async fn status(&self) -> String {
+        let out = self.output(&["status"], secs(60)).await;
+        assert!(
+            out.status.success(),
+            "wasmcdc status failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `wasmcdc verify`: its exit status and standard output.
@@ -190,6 +244,86 @@ impl Pipeline {
             child: Some(child),
             log,
             label: format!("wasmcdc run --slot {}", self.slot),
+        }
+    }
+}
+
+/// One entry of `wasmcdc dlq list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// `transform`, `apply` or `decode`.
+    pub stage: String,
+    /// Commit LSN of the source transaction, `-` when unknown.
+    pub lsn: String,
+    /// `schema.table`, `-` when unknown.
+    pub table: String,
+    /// The sentence saying why.
+    pub reason: String,
+}
+
+/// Reads `dlq list` output: a count line, then per letter
+/// `#N stage=S lsn=L table=T (...)` followed by an indented reason line.
+fn parse_dead_letters(stdout: &str) -> Vec<DeadLetter> {
+    let mut letters = Vec::new();
+    let mut lines = stdout.lines();
+    while let Some(line) = lines.next() {
+        if !line.starts_with('#') {
+            continue;
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("dlq list line {line:?} has no {name}"))
+                .to_owned()
+        };
+        let reason = lines
+            .next()
+            .unwrap_or_else(|| panic!("dlq list line {line:?} is not followed by a reason:\n{stdout}"))
+            .trim()
+            .to_owned();
+        letters.push(DeadLetter {
+            stage: field("stage="),
+            lsn: field("lsn="),
+            table: field("table="),
+            reason,
+        });
+    }
+    letters
+}
+
+/// A transform component built in `transforms/`, by its file name without `.wasm`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = repo_root().join(format!("transforms/target/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "the {name} component is missing at {}; build it with `cargo build --target wasm32-wasip2 --release` inside transforms/",
+        path.display()
+    );
+    path
+}
+
+impl Pipeline {
+    /// Spawns `wasmcdc <command>` (for example `capture` or `apply`), its output going to a
+    /// log file, with `RUST_LOG` set to `rust_log` when given.
+    pub fn spawn_command(&self, command: &str, rust_log: Option<&str>) -> Running {
+        static SPAWNS: AtomicUsize = AtomicUsize::new(0);
+        let n = SPAWNS.fetch_add(1, Ordering::Relaxed);
+        let log = log_dir().join(format!("{}.{command}{n}.log", self.slot));
+        let file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let out = file.try_clone().expect("a log file handle can be cloned");
+        let mut cmd = self.command(&[command]);
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
+            .stdout(out)
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start wasmcdc {command}: {e}"));
+        Running {
+            child: Some(child),
+            log,
+            label: format!("wasmcdc {command} --slot {}", self.slot),
         }
     }
 }

@@ -246,6 +246,7 @@ async fn new_pipeline(pg_server: &str, pg_db: &str, name: &str) -> Pipeline {
         slot: name.to_owned(),
         tables: "public.itrequests".to_owned(),
         transforms: Vec::new(),
+        transform_config: Vec::new(),
     }
 }
 

@@ -1,5 +1,9 @@
 //! A transform that misbehaves on request, to test the host's sandbox. The
 //! change's table name picks the behaviour; any other table passes through.
+//!
+//! `escape` is the exception: it does not fail, but tries to reach the host's
+//! files, environment and network, and reports in the change's `outcome`
+//! column what it got, for example `file=denied env=none dir=denied net=denied`.
 
 // The generated bindings flatten a change into many core-wasm parameters.
 #![allow(clippy::too_many_arguments)]
@@ -7,6 +11,8 @@
 wit_bindgen::generate!({ path: "../../wit", world: "transformer" });
 
 use std::hint::black_box;
+
+use wasmcdc::transform::types::{Column, Value};
 
 struct Probe;
 
@@ -24,6 +30,7 @@ impl Guest for Probe {
                 let depth = recurse(change.columns.len() as u64);
                 Ok(vec![change; usize::from(depth == 1) + 1])
             }
+            "escape" => Ok(vec![with_outcome(change, &escape())]),
             "print" => {
                 println!("stdout from probe");
                 eprintln!("stderr from probe");
@@ -60,6 +67,43 @@ fn respond(change: Change) -> Result<Vec<Change>, String> {
         }
         _ => Ok(vec![change]),
     }
+}
+
+/// Tries each way out of the sandbox and says what it got, one `name=result` per attempt.
+fn escape() -> String {
+    let file = match std::fs::read_to_string("/etc/hostname") {
+        Ok(text) => format!("read:{}", text.trim()),
+        Err(_) => "denied".to_owned(),
+    };
+    let vars = std::env::vars().count();
+    let env = match std::env::var("HOME") {
+        Ok(home) => format!("HOME:{home},{vars}vars"),
+        Err(_) if vars > 0 => format!("{vars}vars"),
+        Err(_) => "none".to_owned(),
+    };
+    let dir = match std::fs::read_dir("/") {
+        Ok(entries) => format!("{}entries", entries.count()),
+        Err(_) => "denied".to_owned(),
+    };
+    let net = match std::net::TcpStream::connect("127.0.0.1:5432") {
+        Ok(_) => "connected".to_owned(),
+        Err(_) => "denied".to_owned(),
+    };
+    format!("file={file} env={env} dir={dir} net={net}")
+}
+
+/// The change with its `outcome` column set to `outcome` as text, added if missing.
+fn with_outcome(mut change: Change, outcome: &str) -> Change {
+    let value = Value::Text(outcome.to_owned());
+    match change.columns.iter_mut().find(|c| c.name == "outcome") {
+        Some(column) => column.value = value,
+        None => change.columns.push(Column {
+            name: "outcome".to_owned(),
+            pg_type: "text".to_owned(),
+            value,
+        }),
+    }
+    change
 }
 
 fn spin() -> ! {
@@ -112,5 +156,15 @@ mod tests {
         assert_eq!(fanned.len(), 2);
         assert_eq!(fanned[1].table, "fanout_copy");
         assert_eq!(respond(change("other")).expect("pass").len(), 1);
+    }
+
+    #[test]
+    fn the_outcome_is_set_or_added() {
+        let added = with_outcome(change("escape"), "file=denied");
+        assert_eq!(added.columns.len(), 1);
+        assert!(matches!(&added.columns[0].value, Value::Text(t) if t == "file=denied"));
+        let set = with_outcome(added, "net=denied");
+        assert_eq!(set.columns.len(), 1);
+        assert!(matches!(&set.columns[0].value, Value::Text(t) if t == "net=denied"));
     }
 }
