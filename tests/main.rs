@@ -22,3 +22,4 @@ mod restart;
 mod sandbox;
 mod seed;
 mod snapshot;
+mod tables;

@@ -31,6 +31,11 @@ impl TableName {
         })
     }
 
+    /// Whether this names tables by a `*` pattern rather than one table.
+    pub fn is_pattern(&self) -> bool {
+        self.schema.contains('*') || self.name.contains('*')
+    }
+
     /// The MariaDB table it lands in: `public.T` becomes `T`, `S.T` becomes `S_T`.
     pub fn target(&self) -> String {
         target_table(&self.schema, &self.name)

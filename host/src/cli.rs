@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyError, ApplyOptions, Progress};
 use crate::capture::{self, CaptureError, CaptureOptions, Transforms};
+use crate::catalog::TableName;
 use crate::config::{ConfigError, Overrides, Settings, mask_url};
 use crate::queue::{Broker, QueueError};
 use crate::snapshot::{self, SnapshotError};
@@ -328,8 +329,9 @@ async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Re
     let stop = shutdown.child_token();
     let capture_opts = CaptureOptions::default();
     let apply_opts = ApplyOptions::default();
+    let tables: Vec<TableName> = defs.iter().map(|d| d.name.clone()).collect();
     let capture = async {
-        let r = capture::run(&settings.slot, &target, &settings.tables, transforms, &publisher, &capture_opts, stop.clone()).await;
+        let r = capture::run(&settings.slot, &target, &tables, transforms, &publisher, &capture_opts, stop.clone()).await;
         stop.cancel();
         r
     };
@@ -347,7 +349,8 @@ async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Re
 }
 
 async fn capture_only(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
-    let (target, pg, _) = source_tables(settings).await?;
+    let (target, pg, defs) = source_tables(settings).await?;
+    let tables: Vec<TableName> = defs.iter().map(|d| d.name.clone()).collect();
     drop(pg);
     let chain = load_chain(settings)?;
     let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
@@ -356,7 +359,7 @@ async fn capture_only(settings: &Settings, shutdown: CancellationToken, up: Up<'
     let result = capture::run(
         &settings.slot,
         &target,
-        &settings.tables,
+        &tables,
         live_chain(settings, chain)?,
         &broker,
         &CaptureOptions::default(),

@@ -183,11 +183,42 @@ pub async fn preflight(pg: &Client, tables: &[TableName]) -> Result<Vec<crate::c
     if wal_level != "logical" {
         return Err(SourceError::WalLevel(wal_level));
     }
-    let mut defs = Vec::with_capacity(tables.len());
-    for t in tables {
-        defs.push(crate::catalog::describe(pg, t).await?);
+    let mut defs: Vec<crate::catalog::TableDef> = Vec::with_capacity(tables.len());
+    for t in expand(pg, tables).await? {
+        if !defs.iter().any(|d| d.name == t) {
+            defs.push(crate::catalog::describe(pg, &t).await?);
+        }
     }
     Ok(defs)
+}
+
+/// Replaces `*` patterns (`public.*`, `sales.order_*`) by the tables they match now.
+/// A table created later that matches is picked up at the next start.
+async fn expand(pg: &Client, tables: &[TableName]) -> Result<Vec<TableName>, SourceError> {
+    let like = |s: &str| s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_").replace('*', "%");
+    let mut out = Vec::new();
+    for t in tables {
+        if !t.is_pattern() {
+            out.push(t.clone());
+            continue;
+        }
+        let rows = pg
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname LIKE $1 AND c.relname LIKE $2 \
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2",
+                &[&like(&t.schema), &like(&t.name)],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(SourceError::NoSuchTable(t.clone()));
+        }
+        out.extend(rows.iter().map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        }));
+    }
+    Ok(out)
 }
 
 /// Reads the slot, if it exists.
