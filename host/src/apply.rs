@@ -205,9 +205,7 @@ pub async fn write_rows(
 ) -> Result<(), ApplyError> {
     async fn write(pool: &MySqlPool, rows: &[Change]) -> Result<(), sqlx::Error> {
         let mut tx = pool.begin().await?;
-        for row in rows {
-            apply_change(&mut tx, row).await?;
-        }
+        apply_changes(&mut tx, rows).await?;
         tx.commit().await
     }
     match write(pool, rows).await {
@@ -602,9 +600,7 @@ async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result
             continue;
         }
         for transaction in &unit.transactions {
-            for change in &transaction.changes {
-                apply_change(&mut tx, change).await?;
-            }
+            apply_changes(&mut tx, &transaction.changes).await?;
         }
         if !unit.replay {
             offset = unit.last_lsn;
@@ -617,10 +613,59 @@ async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result
     tx.commit().await
 }
 
+/// Most rows one multi-row INSERT carries; MariaDB also caps a statement at 65 535 parameters.
+const INSERT_ROWS: usize = 500;
+
+/// Applies changes in order; runs of inserts into the same table and columns
+/// become multi-row INSERTs, which MariaDB executes far faster than single rows.
+async fn apply_changes(tx: &mut sqlx::MySqlConnection, changes: &[Change]) -> Result<(), sqlx::Error> {
+    let same_shape = |a: &Change, b: &Change| {
+        b.op == Op::Insert
+            && a.table == b.table
+            && a.schema == b.schema
+            && a.columns.len() == b.columns.len()
+            && a.columns.iter().zip(&b.columns).all(|(x, y)| x.name == y.name)
+    };
+    let mut i = 0;
+    while i < changes.len() {
+        let first = &changes[i];
+        if first.op != Op::Insert {
+            apply_change(tx, first).await?;
+            i += 1;
+            continue;
+        }
+        let most = INSERT_ROWS.min(65_535 / first.columns.len().max(1));
+        let mut end = i + 1;
+        while end < changes.len() && end - i < most && same_shape(first, &changes[end]) {
+            end += 1;
+        }
+        insert_rows(tx, &changes[i..end]).await?;
+        i = end;
+    }
+    Ok(())
+}
+
+/// One INSERT for rows of the same table and columns.
+async fn insert_rows(tx: &mut sqlx::MySqlConnection, rows: &[Change]) -> Result<(), sqlx::Error> {
+    let Some(first) = rows.first() else { return Ok(()) };
+    let row = format!("({})", vec!["?"; first.columns.len()].join(", "));
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        my_ident(&target_table(&first.schema, &first.table)),
+        first.columns.iter().map(|c| my_ident(&c.name)).collect::<Vec<_>>().join(", "),
+        vec![row; rows.len()].join(", ")
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for column in rows.iter().flat_map(|r| &r.columns) {
+        query = bind(query, column)?;
+    }
+    query.execute(&mut *tx).await?;
+    Ok(())
+}
+
 async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result<(), sqlx::Error> {
     let table = my_ident(&target_table(&change.schema, &change.table));
     let present: Vec<_> = change.columns.iter().filter(|c| c.value != Value::UnchangedToast).collect();
-    let placeholders = |n: usize| vec!["?"; n].join(", ");
     let key_clause = || {
         change
             .key
@@ -630,14 +675,7 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
             .join(" AND ")
     };
     let (sql, values): (String, Vec<&Column>) = match change.op {
-        Op::Insert => (
-            format!(
-                "INSERT INTO {table} ({}) VALUES ({})",
-                present.iter().map(|c| my_ident(&c.name)).collect::<Vec<_>>().join(", "),
-                placeholders(present.len())
-            ),
-            present.clone(),
-        ),
+        Op::Insert => return insert_rows(tx, std::slice::from_ref(change)).await,
         Op::Update => (
             format!(
                 "UPDATE {table} SET {} WHERE {}",
