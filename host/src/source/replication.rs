@@ -3,9 +3,10 @@
 //! Mainline tokio-postgres cannot enter logical replication (CopyBoth), so this
 //! speaks the protocol directly, with `postgres-protocol` (the rust-postgres
 //! project's wire-format crate) doing all message framing and authentication
-//! (SCRAM-SHA-256, MD5, cleartext). It does only what the capture needs: the
-//! startup handshake, simple queries, `START_REPLICATION`, reading
-//! XLogData/keepalive frames, and sending standby status updates.
+//! (SCRAM-SHA-256, MD5, cleartext). It does only what the capture needs: TLS
+//! as `sslmode` asks, the startup handshake, simple queries,
+//! `START_REPLICATION`, reading XLogData/keepalive frames, and sending standby
+//! status updates.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +14,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use super::PgTarget;
 use crate::change::Lsn;
@@ -41,6 +43,9 @@ pub enum ReplicationError {
     /// The server sent something this client does not understand.
     #[error("unexpected reply from PostgreSQL: {0}")]
     Protocol(String),
+    /// TLS was asked for and could not be set up; the message says what to do.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl ReplicationError {
@@ -72,9 +77,14 @@ pub enum Frame {
     },
 }
 
+/// The connection's byte stream: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
 /// A connection opened with `replication=database`.
 pub struct ReplicationClient {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     read_buf: BytesMut,
     addr: String,
 }
@@ -91,16 +101,25 @@ impl ReplicationClient {
     /// Connects and authenticates. Session time zone is UTC so that wal2json
     /// prints timestamptz values in UTC.
     pub async fn connect(target: &PgTarget) -> Result<Self, ReplicationError> {
-        let addr = format!("{}:{}", target.host, target.port);
+        let addr = target.addr();
         let io = |source| ReplicationError::Io {
             addr: addr.clone(),
             source,
         };
-        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr))
+        let timed_out = |what: &str| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{what} timed out"),
+            ))
+        };
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr))
             .await
-            .map_err(|_| io(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+            .map_err(|_| timed_out("connect"))?
             .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let stream = tokio::time::timeout(Duration::from_secs(10), start_tls(tcp, target, &addr))
+            .await
+            .map_err(|_| timed_out("TLS negotiation"))??;
         let mut client = ReplicationClient {
             stream,
             read_buf: BytesMut::with_capacity(64 * 1024),
@@ -297,6 +316,43 @@ impl ReplicationClient {
                 )));
             }
         }
+    }
+}
+
+/// Asks for TLS as the policy says and returns the stream the startup runs over.
+async fn start_tls(mut tcp: TcpStream, target: &PgTarget, addr: &str) -> Result<Box<dyn Io>, ReplicationError> {
+    let policy = &target.tls;
+    if !policy.wants_tls() {
+        return Ok(Box::new(tcp));
+    }
+    let io = |source| ReplicationError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf).await.map_err(io)?;
+    // Exactly one byte: anything after it must come from inside the TLS session.
+    let answer = tcp.read_u8().await.map_err(io)?;
+    match answer {
+        b'S' => {
+            let config = policy.client_config().map_err(ReplicationError::Tls)?;
+            let name = policy.server_name(&target.host).map_err(ReplicationError::Tls)?;
+            let tls = TlsConnector::from(std::sync::Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| match super::rustls_error(&e) {
+                    Some(tls) => ReplicationError::Tls(policy.handshake_error(addr, tls)),
+                    None => io(e),
+                })?;
+            Ok(Box::new(tls))
+        }
+        b'N' if policy.allows_plain() => Ok(Box::new(tcp)),
+        b'N' => Err(ReplicationError::Tls(policy.refused(addr))),
+        other => Err(ReplicationError::Protocol(format!(
+            "the server answered the TLS request with '{}'",
+            other.escape_ascii()
+        ))),
     }
 }
 
