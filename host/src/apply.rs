@@ -147,29 +147,35 @@ pub enum Progress {
     Applied(Lsn),
 }
 
-/// Where `pipeline`'s target stands, if it has a row in the offsets table.
-pub async fn progress(pool: &MySqlPool, pipeline: &str) -> Result<Option<Progress>, ApplyError> {
-    let sql = format!("SELECT lsn, state FROM {} WHERE pipeline = ?", my_ident(OFFSETS_TABLE));
+/// A pipeline's row in the offsets table.
+#[derive(Clone, Debug)]
+pub struct OffsetsRow {
+    /// Where the target stands.
+    pub progress: Progress,
+    /// Transform module hashes (comma-separated) of the last applied message.
+    pub transforms: String,
+}
+
+/// `pipeline`'s row in the offsets table, if it has one.
+pub async fn offsets_row(pool: &MySqlPool, pipeline: &str) -> Result<Option<OffsetsRow>, ApplyError> {
+    let sql = format!("SELECT lsn, state, transforms FROM {} WHERE pipeline = ?", my_ident(OFFSETS_TABLE));
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(pipeline)
         .fetch_optional(pool)
         .await
         .map_err(db_error)?;
-    Ok(row.map(|r| match r.get::<String, _>(1).as_str() {
-        "copying" => Progress::Copying,
-        _ => Progress::Applied(Lsn(r.get::<u64, _>(0))),
+    Ok(row.map(|r| OffsetsRow {
+        progress: match r.get::<String, _>(1).as_str() {
+            "copying" => Progress::Copying,
+            _ => Progress::Applied(Lsn(r.get::<u64, _>(0))),
+        },
+        transforms: r.get(2),
     }))
 }
 
-/// The transform module hashes (comma-separated) of the last applied message.
-pub async fn applied_transforms(pool: &MySqlPool, pipeline: &str) -> Result<Option<String>, ApplyError> {
-    let sql = format!("SELECT transforms FROM {} WHERE pipeline = ?", my_ident(OFFSETS_TABLE));
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(pipeline)
-        .fetch_optional(pool)
-        .await
-        .map_err(db_error)?;
-    Ok(row.map(|r| r.get::<String, _>(0)))
+/// Where `pipeline`'s target stands, if it has a row in the offsets table.
+pub async fn progress(pool: &MySqlPool, pipeline: &str) -> Result<Option<Progress>, ApplyError> {
+    Ok(offsets_row(pool, pipeline).await?.map(|r| r.progress))
 }
 
 /// The last applied commit LSN of `pipeline`, if it has applied anything.

@@ -434,14 +434,19 @@ async fn status(settings: &Settings) -> Result<(), Error> {
     }
     broker.close().await;
     let pool = apply::connect(&settings.mariadb_url).await?;
-    match apply::applied_offset(&pool, &settings.slot).await {
-        Ok(Some(lsn)) => println!("applied: up to {lsn}"),
+    match apply::offsets_row(&pool, &settings.slot).await {
+        Ok(Some(row)) => {
+            match row.progress {
+                Progress::Copying => println!("applied: the initial copy is in progress"),
+                Progress::Applied(lsn) => println!("applied: up to {lsn}"),
+            }
+            if row.transforms.is_empty() {
+                println!("transforms in use: none (changes pass through unchanged)");
+            } else {
+                println!("transforms in use (SHA-256, chain order): {}", row.transforms);
+            }
+        }
         _ => println!("applied: nothing yet"),
-    }
-    match apply::applied_transforms(&pool, &settings.slot).await {
-        Ok(Some(t)) if !t.is_empty() => println!("transforms in use (SHA-256, chain order): {t}"),
-        Ok(Some(_)) => println!("transforms in use: none (changes pass through unchanged)"),
-        _ => {}
     }
     Ok(())
 }
