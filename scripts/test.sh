@@ -11,3 +11,4 @@ rustup target add wasm32-wasip2 >/dev/null
 cargo build -p wasmcdc
 cargo test -p wasmcdc --lib --bins
 cargo test -p wasmcdc-tests -- --test-threads="${WASMCDC_TEST_THREADS:-2}"
+cargo test -p wasmcdc-tests --test faults -- --test-threads=1 --nocapture
