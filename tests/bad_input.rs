@@ -42,7 +42,11 @@ async fn wrong_mariadb_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_rabbitmq_password() {
     let (_env, p) = seeded("badmqpw").await;
-    run_fails(&p.amqp_url(&format!("amqp://guest:{WRONG}@127.0.0.1:5672/%2f")), &["RabbitMQ"]).await;
+    run_fails(
+        &p.amqp_url(&format!("amqp://guest:{WRONG}@127.0.0.1:5672/%2f")),
+        &["RabbitMQ"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +59,11 @@ async fn postgres_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_down() {
     let (_env, p) = seeded("mydown").await;
-    run_fails(&p.mariadb_url(&format!("mysql://mariadb:mariadb@{CLOSED}/requests")), &["cannot reach MariaDB"]).await;
+    run_fails(
+        &p.mariadb_url(&format!("mysql://mariadb:mariadb@{CLOSED}/requests")),
+        &["cannot reach MariaDB"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +97,8 @@ async fn table_does_not_exist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_without_primary_key() {
     let (env, p) = seeded("nokey").await;
-    env.pg_exec("CREATE TABLE keyless (id INTEGER NOT NULL, note TEXT)").await;
+    env.pg_exec("CREATE TABLE keyless (id INTEGER NOT NULL, note TEXT)")
+        .await;
     run_fails(&p.tables("public.keyless"), &["keyless", "no primary key"]).await;
 }
 

@@ -50,7 +50,9 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
             .iter()
             .map(|i| {
                 let s = scalar(i);
-                let (k, v) = s.split_once('=').unwrap_or_else(|| panic!("environment entry {s:?} has no '='"));
+                let (k, v) = s
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("environment entry {s:?} has no '='"));
                 (k.to_owned(), v.to_owned())
             })
             .collect(),
@@ -76,7 +78,10 @@ fn volumes(service: &Value) -> Vec<(String, String)> {
             Value::String(s) => {
                 let mut parts = s.splitn(3, ':');
                 let host = parts.next().unwrap_or_default().to_owned();
-                let container = parts.next().unwrap_or_else(|| panic!("volume {s:?} has no container path")).to_owned();
+                let container = parts
+                    .next()
+                    .unwrap_or_else(|| panic!("volume {s:?} has no container path"))
+                    .to_owned();
                 (host, container)
             }
             Value::Mapping(_) => (scalar(&v["source"]), scalar(&v["target"])),
@@ -92,7 +97,9 @@ fn server_settings() -> Vec<(String, String)> {
         .map(|l| l.split('#').next().unwrap_or_default().trim())
         .filter(|l| !l.is_empty())
         .map(|l| {
-            let (name, value) = l.split_once('=').unwrap_or_else(|| panic!("wasmcdc.conf line {l:?} has no '='"));
+            let (name, value) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("wasmcdc.conf line {l:?} has no '='"));
             (name.trim().to_owned(), value.trim().trim_matches('\'').to_owned())
         })
         .collect()
@@ -111,8 +118,12 @@ struct Url {
 
 fn parse_url(url: &str) -> Url {
     let (scheme, rest) = url.split_once("://").unwrap_or_else(|| panic!("{url:?} has no scheme"));
-    let (auth, rest) = rest.split_once('@').unwrap_or_else(|| panic!("{url:?} has no credentials"));
-    let (user, password) = auth.split_once(':').unwrap_or_else(|| panic!("{url:?} has no password"));
+    let (auth, rest) = rest
+        .split_once('@')
+        .unwrap_or_else(|| panic!("{url:?} has no credentials"));
+    let (user, password) = auth
+        .split_once(':')
+        .unwrap_or_else(|| panic!("{url:?} has no password"));
     let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (host, port) = hostport.split_once(':').unwrap_or((hostport, ""));
     Url {
@@ -134,7 +145,11 @@ fn postgres_command_sets_every_server_setting() {
     );
     let compose = compose();
     let command = words(&service(&compose, "postgres")["command"]);
-    assert_eq!(command.first().map(String::as_str), Some("postgres"), "the postgres command is {command:?}");
+    assert_eq!(
+        command.first().map(String::as_str),
+        Some("postgres"),
+        "the postgres command is {command:?}"
+    );
     // Every `-c name=value` (or `-c` `name=value`), and `--name=value`.
     let mut given = BTreeMap::new();
     let mut it = command.iter().skip(1);
@@ -148,7 +163,9 @@ fn postgres_command_sets_every_server_setting() {
         } else {
             panic!("unexpected word {w:?} in the postgres command {command:?}");
         };
-        let (name, value) = pair.split_once('=').unwrap_or_else(|| panic!("{pair:?} in {command:?} is not name=value"));
+        let (name, value) = pair
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{pair:?} in {command:?} is not name=value"));
         given.insert(name.replace('-', "_"), value.trim_matches('\'').to_owned());
     }
     for (name, value) in &settings {
@@ -173,7 +190,10 @@ fn postgres_image_installs_wal2json_for_its_major_version() {
         other => panic!("the postgres service is not built from postgresql/: build is {other:?}"),
     };
     assert_eq!(
-        Path::new(&context).components().filter(|c| c.as_os_str() != ".").collect::<Vec<_>>(),
+        Path::new(&context)
+            .components()
+            .filter(|c| c.as_os_str() != ".")
+            .collect::<Vec<_>>(),
         Path::new("postgresql").components().collect::<Vec<_>>(),
         "the postgres service builds from {context:?}, not postgresql/"
     );
@@ -187,10 +207,16 @@ fn postgres_image_installs_wal2json_for_its_major_version() {
         .strip_prefix("postgres:")
         .unwrap_or_else(|| panic!("postgresql/{dockerfile} is not based on the postgres image: FROM {from}"));
     let major: String = tag.chars().take_while(char::is_ascii_digit).collect();
-    assert!(!major.is_empty(), "the postgres image tag {tag:?} does not start with a major version");
+    assert!(
+        !major.is_empty(),
+        "the postgres image tag {tag:?} does not start with a major version"
+    );
     let package = format!("postgresql-{major}-wal2json");
     let installs = text.contains("apt-get install") && text.split_whitespace().any(|w| w == package);
-    assert!(installs, "postgresql/{dockerfile} does not apt-get install {package}:\n{text}");
+    assert!(
+        installs,
+        "postgresql/{dockerfile} does not apt-get install {package}:\n{text}"
+    );
 }
 
 #[test]
@@ -226,7 +252,9 @@ fn credentials_and_databases_match_the_service_script() {
     );
     for host in ["%", "localhost", "127.0.0.1"] {
         assert!(
-            my_lower.contains(&format!("create user if not exists 'mariadb'@'{host}' identified by 'mariadb'")),
+            my_lower.contains(&format!(
+                "create user if not exists 'mariadb'@'{host}' identified by 'mariadb'"
+            )),
             "mariadb/init.sql does not create 'mariadb'@'{host}' with password 'mariadb'"
         );
     }
@@ -234,7 +262,10 @@ fn credentials_and_databases_match_the_service_script() {
         .lines()
         .find(|l| l.starts_with("grant all privileges on requests.*"))
         .unwrap_or_else(|| panic!("mariadb/init.sql does not grant all privileges on requests.*"));
-    assert!(grant.contains("'mariadb'@'%'"), "the grant does not reach 'mariadb'@'%': {grant}");
+    assert!(
+        grant.contains("'mariadb'@'%'"),
+        "the grant does not reach 'mariadb'@'%': {grant}"
+    );
 
     // RabbitMQ's default user.
     let mq_env = environment(service(&compose, "rabbitmq"));
@@ -270,7 +301,13 @@ fn credentials_and_databases_match_the_service_script() {
     );
     let amqp = parse_url(env_var(&app_env, "wasmcdc", "WASMCDC_AMQP_URL"));
     assert_eq!(
-        (amqp.scheme.as_str(), amqp.user.as_str(), amqp.password.as_str(), amqp.host.as_str(), amqp.port.as_str()),
+        (
+            amqp.scheme.as_str(),
+            amqp.user.as_str(),
+            amqp.password.as_str(),
+            amqp.host.as_str(),
+            amqp.port.as_str()
+        ),
         (
             "amqp",
             env_var(&mq_env, "rabbitmq", "RABBITMQ_DEFAULT_USER"),
@@ -301,7 +338,12 @@ fn init_sql_is_mounted_into_the_init_directories() {
         let mounts = volumes(service(&compose, name));
         let mount = mounts
             .iter()
-            .find(|(host, _)| Path::new(host).components().filter(|c| c.as_os_str() != ".").eq(Path::new(file).components()))
+            .find(|(host, _)| {
+                Path::new(host)
+                    .components()
+                    .filter(|c| c.as_os_str() != ".")
+                    .eq(Path::new(file).components())
+            })
             .unwrap_or_else(|| panic!("service '{name}' does not mount ./{file}; its volumes are {mounts:?}"));
         assert!(
             mount.1.starts_with("/docker-entrypoint-initdb.d/") && mount.1.ends_with(".sql"),

@@ -8,13 +8,16 @@ use crate::support::{Deadline, Env, db, secs};
 async fn an_added_column_is_added_to_the_target() {
     let env = Env::new("drift").await;
     env.pg_exec(SEED_TABLE).await;
-    env.pg_exec("INSERT INTO itrequests (details, duedate, fulfilled) VALUES ('Reset my user password', '2025-01-10', false)")
-        .await;
+    env.pg_exec(
+        "INSERT INTO itrequests (details, duedate, fulfilled) VALUES ('Reset my user password', '2025-01-10', false)",
+    )
+    .await;
     let pipeline = env.pipeline();
     let mut running = env.start(&pipeline).await;
 
     env.pg_exec("ALTER TABLE itrequests ADD COLUMN priority integer").await;
-    env.pg_exec("ALTER TABLE itrequests ADD COLUMN \"Owner Name\" varchar(40)").await;
+    env.pg_exec("ALTER TABLE itrequests ADD COLUMN \"Owner Name\" varchar(40)")
+        .await;
     env.pg_exec(
         "BEGIN; INSERT INTO itrequests (details, duedate, fulfilled, priority, \"Owner Name\") VALUES ('Repair laptop', '2025-02-20', false, 2, 'Ana');
          UPDATE itrequests SET priority = 1 WHERE requestid = 1; COMMIT",
@@ -34,7 +37,9 @@ async fn an_added_column_is_added_to_the_target() {
         if added == Some(2) {
             break;
         }
-        deadline.tick(&format!("added columns: {added:?}\n{}", running.log_tail())).await;
+        deadline
+            .tick(&format!("added columns: {added:?}\n{}", running.log_tail()))
+            .await;
     }
     let rows = env
         .wait_replicated(

@@ -134,14 +134,29 @@ fn type_columns() -> Vec<Col> {
         // A real is compared as the binary32 value each side holds.
         col("f4", "$::float8::text", "CAST(CAST($ AS DOUBLE) AS CHAR)", Float),
         col("f8", "$::text", "CAST($ AS CHAR)", Float),
-        col("b", "CASE WHEN $ THEN '1' WHEN NOT $ THEN '0' END", "CAST($ AS CHAR)", Exact),
+        col(
+            "b",
+            "CASE WHEN $ THEN '1' WHEN NOT $ THEN '0' END",
+            "CAST($ AS CHAR)",
+            Exact,
+        ),
         col("t", "$", "$", Exact),
         col("vc", "$", "$", Exact),
         col("ch", "$::text", "$", Exact),
         col("bin", "encode($, 'hex')", "LOWER(HEX($))", Exact),
         plain("d"),
-        col("tm", "to_char($, 'HH24:MI:SS.US')", "TIME_FORMAT($, '%H:%i:%s.%f')", Exact),
-        col("ts", "to_char($, 'YYYY-MM-DD HH24:MI:SS.US')", "DATE_FORMAT($, '%Y-%m-%d %H:%i:%s.%f')", Exact),
+        col(
+            "tm",
+            "to_char($, 'HH24:MI:SS.US')",
+            "TIME_FORMAT($, '%H:%i:%s.%f')",
+            Exact,
+        ),
+        col(
+            "ts",
+            "to_char($, 'YYYY-MM-DD HH24:MI:SS.US')",
+            "DATE_FORMAT($, '%Y-%m-%d %H:%i:%s.%f')",
+            Exact,
+        ),
         col(
             "tstz",
             "to_char($ AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
@@ -162,11 +177,23 @@ fn type_columns() -> Vec<Col> {
 /// where an empty value must not turn into NULL. Keys are offsets from the first row.
 const TYPE_EXPECTED: &[(i32, &str, Option<&str>)] = &[
     (0, "i8", Some("9223372036854775807")),
-    (0, "n_wide", Some("99999999999999999999999999999999999.999999999999999999999999999999")),
-    (0, "n_free", Some("12345678901234567890123456789012345.123456789012345678901234567891")),
+    (
+        0,
+        "n_wide",
+        Some("99999999999999999999999999999999999.999999999999999999999999999999"),
+    ),
+    (
+        0,
+        "n_free",
+        Some("12345678901234567890123456789012345.123456789012345678901234567891"),
+    ),
     (0, "f4", Some("3.4028234663852886e38")),
     (0, "f8", Some("1.7976931348623157e308")),
-    (0, "t", Some("quote ' double \" backslash \\ newline \n tab \t cr \r emoji 😀 clef 𝄞 ü €")),
+    (
+        0,
+        "t",
+        Some("quote ' double \" backslash \\ newline \n tab \t cr \r emoji 😀 clef 𝄞 ü €"),
+    ),
     (0, "vc", Some("😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀")),
     (0, "ch", Some("'\\😀\"x")),
     (0, "bin", Some("00ff00fe0a0d5c27")),
@@ -219,7 +246,10 @@ fn same(kind: Kind, pg: &Option<String>, my: &Option<String>) -> bool {
             _ => false,
         },
         (Kind::Json, Some(a), Some(b)) => {
-            match (serde_json::from_str::<serde_json::Value>(a), serde_json::from_str::<serde_json::Value>(b)) {
+            match (
+                serde_json::from_str::<serde_json::Value>(a),
+                serde_json::from_str::<serde_json::Value>(b),
+            ) {
                 (Ok(x), Ok(y)) => x == y,
                 _ => false,
             }
@@ -231,7 +261,8 @@ fn same(kind: Kind, pg: &Option<String>, my: &Option<String>) -> bool {
 /// Waits until `table` in the target has `n` rows.
 async fn wait_count(env: &Env, pipeline: &Pipeline, running: &mut Running, table: &str, n: usize) {
     let sql = format!("SELECT CAST(COUNT(*) AS CHAR) FROM `{table}`");
-    env.wait_target(pipeline, running, &sql, &vec![row(&[Some(&n.to_string())])], secs(90)).await;
+    env.wait_target(pipeline, running, &sql, &vec![row(&[Some(&n.to_string())])], secs(90))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +272,11 @@ async fn every_mapped_type_round_trips_through_copy_and_stream() {
     let env = Env::new("fidelity").await;
     // Sessions default to a zone that is not UTC: a timestamptz the pipeline
     // does not convert shows up with the wrong hour.
-    env.pg_exec(&format!("ALTER DATABASE {} SET TimeZone = 'America/St_Johns'", env.pg_db)).await;
+    env.pg_exec(&format!(
+        "ALTER DATABASE {} SET TimeZone = 'America/St_Johns'",
+        env.pg_db
+    ))
+    .await;
     env.pg_exec(SCHEMA).await;
     env.pg_exec(&type_rows(COPIED)).await;
     env.pg_exec(&special_rows(COPIED)).await;
@@ -299,7 +334,11 @@ async fn every_mapped_type_round_trips_through_copy_and_stream() {
         for (i, c) in columns.iter().enumerate() {
             let got = &target[&i64::from(first + 2)][i];
             if got.is_some() {
-                problems.push(format!("{path}, id {}, {}: MariaDB holds {got:?}, expected NULL", first + 2, c.name));
+                problems.push(format!(
+                    "{path}, id {}, {}: MariaDB holds {got:?}, expected NULL",
+                    first + 2,
+                    c.name
+                ));
             }
         }
     }
@@ -318,20 +357,39 @@ async fn every_mapped_type_round_trips_through_copy_and_stream() {
             (first, row(&[None, None, None, None])),
             (first + 1, row(&[None, None, None, None])),
             (first + 2, row(&[None, None, None, None])),
-            (first + 3, row(&[Some("1.5"), Some("2.5"), Some("3.500000000000000000000000000000"), Some("4.50")])),
+            (
+                first + 3,
+                row(&[
+                    Some("1.5"),
+                    Some("2.5"),
+                    Some("3.500000000000000000000000000000"),
+                    Some("4.50"),
+                ]),
+            ),
         ];
         for (key, want) in want {
             let got = specials.get(&i64::from(key));
             if got != Some(&want) {
-                problems.push(format!("{path}, specials id {key}: MariaDB holds {got:?}, expected {want:?}"));
+                problems.push(format!(
+                    "{path}, specials id {key}: MariaDB holds {got:?}, expected {want:?}"
+                ));
             }
         }
     }
     my.close().await;
-    assert!(problems.is_empty(), "values that did not round-trip:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "values that did not round-trip:\n{}",
+        problems.join("\n")
+    );
 
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
     // `verify` agrees that these faithfully copied values are equal.
     pipeline.tables("public.types").assert_verified().await;
     running.stop().await;
@@ -355,28 +413,43 @@ async fn an_unchanged_toasted_value_survives_an_update_of_another_column() {
     let toasted = env
         .pg_rows("SELECT (pg_relation_size(reltoastrelid) > 0)::text FROM pg_class WHERE relname = 'docs'")
         .await;
-    assert_eq!(toasted, vec![row(&[Some("true")])], "the large values are not in a TOAST table");
+    assert_eq!(
+        toasted,
+        vec![row(&[Some("true")])],
+        "the large values are not in a TOAST table"
+    );
 
     let pg_sql = "SELECT id::text, n::text, note, length(body)::text, md5(body) FROM docs";
     let my_sql = "SELECT CAST(id AS CHAR), CAST(n AS CHAR), note, CAST(CHAR_LENGTH(body) AS CHAR), MD5(body) FROM docs";
-    env.wait_replicated(&pipeline, &mut running, pg_sql, my_sql, secs(60)).await;
+    env.wait_replicated(&pipeline, &mut running, pg_sql, my_sql, secs(60))
+        .await;
 
     // Updates that leave the large value alone, each in its own transaction.
     env.pg_exec("UPDATE docs SET n = n + 1").await;
     env.pg_exec("UPDATE docs SET note = 'noted' WHERE id = 1").await;
     env.pg_exec("BEGIN; UPDATE docs SET n = n + 10 WHERE id = 2; UPDATE docs SET note = 'both' WHERE id = 2; COMMIT;")
         .await;
-    let rows = env.wait_replicated(&pipeline, &mut running, pg_sql, my_sql, secs(60)).await;
+    let rows = env
+        .wait_replicated(&pipeline, &mut running, pg_sql, my_sql, secs(60))
+        .await;
     assert_eq!(rows.len(), 2);
     for r in &rows {
         assert_eq!(r[3].as_deref(), Some("102400"), "the large value was cut: {r:?}");
     }
     assert_eq!(
         rows.iter().map(|r| (r[1].clone(), r[2].clone())).collect::<Vec<_>>(),
-        vec![(Some("1".into()), Some("noted".into())), (Some("11".into()), Some("both".into()))]
+        vec![
+            (Some("1".into()), Some("noted".into())),
+            (Some("11".into()), Some("both".into()))
+        ]
     );
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
     pipeline.assert_verified().await;
     running.stop().await;
 }
@@ -384,29 +457,50 @@ async fn an_unchanged_toasted_value_survives_an_update_of_another_column() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_empties_the_target_and_later_inserts_arrive() {
     let env = Env::new("truncate").await;
-    env.pg_exec("CREATE TABLE trunc (id integer PRIMARY KEY, v text NOT NULL)").await;
-    env.pg_exec("INSERT INTO trunc VALUES (1, 'copied'), (2, 'copied'), (3, 'copied')").await;
+    env.pg_exec("CREATE TABLE trunc (id integer PRIMARY KEY, v text NOT NULL)")
+        .await;
+    env.pg_exec("INSERT INTO trunc VALUES (1, 'copied'), (2, 'copied'), (3, 'copied')")
+        .await;
     let pipeline = env.pipeline().tables("public.trunc");
     let mut running = env.start(&pipeline).await;
     let my_sql = "SELECT CAST(id AS CHAR), v FROM trunc";
 
-    env.pg_exec("INSERT INTO trunc VALUES (4, 'streamed'), (5, 'streamed')").await;
+    env.pg_exec("INSERT INTO trunc VALUES (4, 'streamed'), (5, 'streamed')")
+        .await;
     wait_count(&env, &pipeline, &mut running, "trunc", 5).await;
 
     env.pg_exec("TRUNCATE trunc").await;
-    env.wait_target(&pipeline, &mut running, my_sql, &Vec::new(), secs(60)).await;
+    env.wait_target(&pipeline, &mut running, my_sql, &Vec::new(), secs(60))
+        .await;
 
-    env.pg_exec("INSERT INTO trunc VALUES (1, 'after truncate'), (6, 'after truncate')").await;
-    let want = vec![row(&[Some("1"), Some("after truncate")]), row(&[Some("6"), Some("after truncate")])];
+    env.pg_exec("INSERT INTO trunc VALUES (1, 'after truncate'), (6, 'after truncate')")
+        .await;
+    let want = vec![
+        row(&[Some("1"), Some("after truncate")]),
+        row(&[Some("6"), Some("after truncate")]),
+    ];
     env.wait_target(&pipeline, &mut running, my_sql, &want, secs(60)).await;
 
     // Inside one transaction: what came before the TRUNCATE goes, what came after stays.
-    env.pg_exec("BEGIN; INSERT INTO trunc VALUES (7, 'gone'); TRUNCATE trunc; INSERT INTO trunc VALUES (7, 'kept'); COMMIT;")
-        .await;
-    env.wait_target(&pipeline, &mut running, my_sql, &vec![row(&[Some("7"), Some("kept")])], secs(60))
-        .await;
+    env.pg_exec(
+        "BEGIN; INSERT INTO trunc VALUES (7, 'gone'); TRUNCATE trunc; INSERT INTO trunc VALUES (7, 'kept'); COMMIT;",
+    )
+    .await;
+    env.wait_target(
+        &pipeline,
+        &mut running,
+        my_sql,
+        &vec![row(&[Some("7"), Some("kept")])],
+        secs(60),
+    )
+    .await;
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
     pipeline.assert_verified().await;
     running.stop().await;
 }
@@ -427,19 +521,29 @@ async fn replica_identity_full_updates_find_their_row_by_key() {
     env.pg_exec("UPDATE acct SET balance = balance + 1 WHERE id = 1").await;
     // The key changes: the row moves.
     env.pg_exec("UPDATE acct SET id = 20 WHERE id = 2").await;
-    env.pg_exec("UPDATE acct SET note = 'now set', ratio = 2.5 WHERE id = 3").await;
-    env.pg_exec("BEGIN; UPDATE acct SET id = 40, owner = 'dee moved' WHERE id = 4; DELETE FROM acct WHERE id = 1; COMMIT;")
+    env.pg_exec("UPDATE acct SET note = 'now set', ratio = 2.5 WHERE id = 3")
         .await;
+    env.pg_exec(
+        "BEGIN; UPDATE acct SET id = 40, owner = 'dee moved' WHERE id = 4; DELETE FROM acct WHERE id = 1; COMMIT;",
+    )
+    .await;
     env.pg_exec("BEGIN; INSERT INTO acct VALUES (1, 'ann again', NULL, NULL, NULL); UPDATE acct SET id = 30 WHERE id = 3; COMMIT;")
         .await;
 
     let pg_sql = "SELECT id::text, owner, balance::text, ratio::text, note FROM acct";
     let my_sql = "SELECT CAST(id AS CHAR), owner, CAST(balance AS CHAR), CAST(ratio AS CHAR), note FROM acct";
-    let rows = env.wait_replicated(&pipeline, &mut running, pg_sql, my_sql, secs(60)).await;
+    let rows = env
+        .wait_replicated(&pipeline, &mut running, pg_sql, my_sql, secs(60))
+        .await;
     let keys: Vec<_> = rows.iter().map(|r| r[0].clone().unwrap_or_default()).collect();
     assert_eq!(keys, ["1", "20", "30", "40"], "unexpected keys in the target: {rows:?}");
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
     pipeline.assert_verified().await;
     running.stop().await;
 }

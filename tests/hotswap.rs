@@ -140,7 +140,10 @@ async fn write_continuously(pg_url: String, stop: Arc<AtomicBool>, written: Arc<
             .collect();
         db::pg_exec(
             &pg,
-            &format!("BEGIN; INSERT INTO notes (id, tx, details) VALUES {}; COMMIT;", rows.join(", ")),
+            &format!(
+                "BEGIN; INSERT INTO notes (id, tx, details) VALUES {}; COMMIT;",
+                rows.join(", ")
+            ),
         )
         .await;
         written.store(id, Ordering::Relaxed);
@@ -152,7 +155,10 @@ async fn write_continuously(pg_url: String, stop: Arc<AtomicBool>, written: Arc<
 /// Waits until the newest target row with an id above `after` was made by `version`.
 async fn wait_for_version(env: &Env, pipeline: &Pipeline, running: &mut Running, after: u32, version: Version) {
     let my = env.my(pipeline).await;
-    let deadline = Deadline::new(format!("rows written after the swap to be made by {version:?}"), secs(60));
+    let deadline = Deadline::new(
+        format!("rows written after the swap to be made by {version:?}"),
+        secs(60),
+    );
     loop {
         running.assert_alive();
         let newest = db::my_rows(
@@ -186,7 +192,11 @@ async fn ten_swaps_under_load_lose_nothing_and_never_mix_versions() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU32::new(0));
-    let writer = tokio::spawn(write_continuously(pipeline.pg_url.clone(), stop.clone(), written.clone()));
+    let writer = tokio::spawn(write_continuously(
+        pipeline.pg_url.clone(),
+        stop.clone(),
+        written.clone(),
+    ));
 
     wait_for_version(&env, &pipeline, &mut running, 0, Version::Identity).await;
     let mut version = Version::Identity;
@@ -213,9 +223,13 @@ async fn ten_swaps_under_load_lose_nothing_and_never_mix_versions() {
     let mut by_tx: BTreeMap<u32, Vec<Version>> = BTreeMap::new();
     for (s, t) in source.iter().zip(&target) {
         assert_eq!((&s[0], &s[1]), (&t[0], &t[1]), "source and target keys differ");
-        let (source_details, target_details) = (s[2].as_deref().unwrap_or_default(), t[2].as_deref().unwrap_or_default());
+        let (source_details, target_details) =
+            (s[2].as_deref().unwrap_or_default(), t[2].as_deref().unwrap_or_default());
         let version = Version::of(source_details, target_details).unwrap_or_else(|| {
-            panic!("row {:?} holds {target_details:?}: neither its source value {source_details:?} nor {MASKED:?}", t[0])
+            panic!(
+                "row {:?} holds {target_details:?}: neither its source value {source_details:?} nor {MASKED:?}",
+                t[0]
+            )
         });
         let tx: u32 = t[1].as_deref().unwrap_or_default().parse().expect("tx is a number");
         by_tx.entry(tx).or_default().push(version);
@@ -238,7 +252,12 @@ async fn ten_swaps_under_load_lose_nothing_and_never_mix_versions() {
     // In commit order, the version changes exactly once per swap: each swap took
     // effect, and none went back to an older version.
     let changes = sequence.windows(2).filter(|w| w[0] != w[1]).count();
-    assert_eq!(changes, SWAPS, "the version changed {changes} times over {} transactions", sequence.len());
+    assert_eq!(
+        changes,
+        SWAPS,
+        "the version changed {changes} times over {} transactions",
+        sequence.len()
+    );
 
     assert_status_names(&pipeline, &sha256_hex(&read(&modules.module()))).await;
     running.assert_alive();
@@ -247,8 +266,10 @@ async fn ten_swaps_under_load_lose_nothing_and_never_mix_versions() {
 
 /// Inserts row `id` in its own transaction and waits until the target holds it with `details`.
 async fn insert_and_expect(env: &Env, pipeline: &Pipeline, running: &mut Running, id: u32, details: &str) {
-    env.pg_exec(&format!("INSERT INTO notes (id, tx, details) VALUES ({id}, {id}, 'note {id}')"))
-        .await;
+    env.pg_exec(&format!(
+        "INSERT INTO notes (id, tx, details) VALUES ({id}, {id}, 'note {id}')"
+    ))
+    .await;
     env.wait_target(
         pipeline,
         running,
@@ -299,8 +320,10 @@ async fn a_module_that_fails_to_load_leaves_the_running_version() {
     let my = env.my(&pipeline).await;
     let deadline = Deadline::new("the identity module to be swapped in after the broken files", secs(60));
     for id in 10.. {
-        env.pg_exec(&format!("INSERT INTO notes (id, tx, details) VALUES ({id}, {id}, 'note {id}')"))
-            .await;
+        env.pg_exec(&format!(
+            "INSERT INTO notes (id, tx, details) VALUES ({id}, {id}, 'note {id}')"
+        ))
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let newest = db::my_rows(&my, "SELECT details FROM notes ORDER BY id DESC LIMIT 1").await;
         if newest.first().and_then(|r| r[0].as_deref()) == Some(&format!("note {id}")) {

@@ -35,7 +35,8 @@ async fn unrelated_writes_never_hold_back_the_slot() {
     env.pg_exec("INSERT INTO watched VALUES (1, 'one'), (2, 'two')").await;
     let watched = vec![row(&[Some("1"), Some("one")]), row(&[Some("2"), Some("two")])];
     let watched_sql = "SELECT CAST(id AS CHAR), v FROM watched";
-    env.wait_target(&pipeline, &mut running, watched_sql, &watched, secs(60)).await;
+    env.wait_target(&pipeline, &mut running, watched_sql, &watched, secs(60))
+        .await;
 
     // Busy: many transactions on the unrelated table only, for 15 s.
     env.pg_exec("INSERT INTO unrelated (payload) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 200) g")
@@ -56,7 +57,12 @@ async fn unrelated_writes_never_hold_back_the_slot() {
         ))
         .await;
         transactions += 1;
-        if passed_after.is_none() && env.confirmed_flush_lsn(&pipeline).await.is_some_and(|c| c >= after_first) {
+        if passed_after.is_none()
+            && env
+                .confirmed_flush_lsn(&pipeline)
+                .await
+                .is_some_and(|c| c >= after_first)
+        {
             passed_after = Some(busy.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -73,7 +79,10 @@ async fn unrelated_writes_never_hold_back_the_slot() {
             running.log_tail()
         );
     };
-    assert!(passed_after <= secs(30), "the slot took {passed_after:?} to pass unrelated writes");
+    assert!(
+        passed_after <= secs(30),
+        "the slot took {passed_after:?} to pass unrelated writes"
+    );
 
     // Idle: one more unrelated write, then nothing at all.
     env.pg_exec("INSERT INTO unrelated (payload) VALUES ('last')").await;
@@ -91,7 +100,9 @@ async fn unrelated_writes_never_hold_back_the_slot() {
             break;
         }
         deadline
-            .tick(&format!("offset {offset:?}, confirmed_flush_lsn {confirmed:?}, idle from {idle_from}"))
+            .tick(&format!(
+                "offset {offset:?}, confirmed_flush_lsn {confirmed:?}, idle from {idle_from}"
+            ))
             .await;
     }
 
@@ -106,13 +117,21 @@ async fn unrelated_writes_never_hold_back_the_slot() {
     assert_eq!(tables, vec![row(&[Some("wasmcdc_offsets")]), row(&[Some("watched")])]);
     my.close().await;
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
 
     running.stop().await;
     let queue = format!("wasmcdc.{}", pipeline.slot);
     if broker::queue_depth(&queue).await == 0 {
         let offset = env.offsets_row(&pipeline).await.map(|(lsn, _)| lsn);
         let confirmed = env.confirmed_flush_lsn(&pipeline).await;
-        assert_eq!(offset, confirmed, "after a clean stop with an empty queue, offset and slot disagree");
+        assert_eq!(
+            offset, confirmed,
+            "after a clean stop with an empty queue, offset and slot disagree"
+        );
     }
 }

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::support::{Env, binary::repo_root, db, secs};
 use crate::seed::SEED_TABLE;
+use crate::support::{Env, binary::repo_root, db, secs};
 
 const SOURCE_ROWS: &str =
     "SELECT requestid::text, details, duedate::text, CASE WHEN fulfilled THEN '1' ELSE '0' END FROM itrequests";
@@ -36,8 +36,10 @@ async fn identity_transform_equals_no_transform() {
          FROM generate_series(1, 50) g",
     )
     .await;
-    env.pg_exec("UPDATE itrequests SET fulfilled = NOT fulfilled, details = details || ' (seen)' WHERE requestid % 4 = 0")
-        .await;
+    env.pg_exec(
+        "UPDATE itrequests SET fulfilled = NOT fulfilled, details = details || ' (seen)' WHERE requestid % 4 = 0",
+    )
+    .await;
     env.pg_exec("DELETE FROM itrequests WHERE requestid % 6 = 0").await;
     env.pg_exec(
         "BEGIN;
@@ -58,8 +60,14 @@ async fn identity_transform_equals_no_transform() {
     let a_now = db::my_rows(&env.my(&plain).await, TARGET_ROWS).await;
     let b_now = db::my_rows(&env.my(&transformed).await, TARGET_ROWS).await;
     assert_eq!(a, a_now, "the target without a transform changed after catching up");
-    assert_eq!(b, b_now, "the target with the identity transform changed after catching up");
-    assert_eq!(a_now, b_now, "the identity transform gave a different target than no transform");
+    assert_eq!(
+        b, b_now,
+        "the target with the identity transform changed after catching up"
+    );
+    assert_eq!(
+        a_now, b_now,
+        "the identity transform gave a different target than no transform"
+    );
 
     plain.assert_verified().await;
     transformed.assert_verified().await;

@@ -31,11 +31,17 @@ async fn composite_keys_and_quoted_identifiers() {
              (3, 1, 'Spare', 7, NULL)"#,
     )
     .await;
-    env.pg_exec(r#"UPDATE "OrderLines" SET "Qty" = 10.5, note = NULL WHERE "Order" = 1 AND "Line`No" = 2"#).await;
+    env.pg_exec(r#"UPDATE "OrderLines" SET "Qty" = 10.5, note = NULL WHERE "Order" = 1 AND "Line`No" = 2"#)
+        .await;
     // Key changes: the old key must disappear from the target and the new one appear.
-    env.pg_exec(r#"UPDATE "OrderLines" SET "Line`No" = 3 WHERE "Order" = 2 AND "Line`No" = 1"#).await;
-    env.pg_exec(r#"UPDATE "OrderLines" SET "Order" = 5, "Item Name" = 'Widget v2' WHERE "Order" = 1 AND "Line`No" = 1"#).await;
-    env.pg_exec(r#"DELETE FROM "OrderLines" WHERE "Order" = 2 AND "Line`No" = 2"#).await;
+    env.pg_exec(r#"UPDATE "OrderLines" SET "Line`No" = 3 WHERE "Order" = 2 AND "Line`No" = 1"#)
+        .await;
+    env.pg_exec(
+        r#"UPDATE "OrderLines" SET "Order" = 5, "Item Name" = 'Widget v2' WHERE "Order" = 1 AND "Line`No" = 1"#,
+    )
+    .await;
+    env.pg_exec(r#"DELETE FROM "OrderLines" WHERE "Order" = 2 AND "Line`No" = 2"#)
+        .await;
     // Several changes, including a key change and a re-use of a freed key, in one transaction.
     env.pg_exec(
         r#"BEGIN;
@@ -51,7 +57,8 @@ async fn composite_keys_and_quoted_identifiers() {
         r#"INSERT INTO "OrderLines" SELECT 6, 1, 'Big', 1, string_agg(md5(g::text), '') FROM generate_series(1, 1000) g"#,
     )
     .await;
-    env.pg_exec(r#"UPDATE "OrderLines" SET "Qty" = 2 WHERE "Order" = 6"#).await;
+    env.pg_exec(r#"UPDATE "OrderLines" SET "Qty" = 2 WHERE "Order" = 6"#)
+        .await;
 
     let rows = env
         .wait_replicated(&pipeline, &mut running, SOURCE_ROWS, TARGET_ROWS, secs(60))

@@ -34,7 +34,8 @@ async fn restart_applies_every_change_exactly_once() {
 
     let running = env.start(&pipeline).await;
     env.pg_exec(&insert(200, "first")).await;
-    env.pg_exec("UPDATE events SET amount = coalesce(amount, 0) + 1 WHERE id % 3 = 0").await;
+    env.pg_exec("UPDATE events SET amount = coalesce(amount, 0) + 1 WHERE id % 3 = 0")
+        .await;
     env.pg_exec("DELETE FROM events WHERE id % 5 = 0").await;
     env.pg_exec(&format!(
         "BEGIN; {}; UPDATE events SET name = name || ' renamed' WHERE id BETWEEN 1 AND 20; \
@@ -43,16 +44,22 @@ async fn restart_applies_every_change_exactly_once() {
     ))
     .await;
     for i in 0..20 {
-        env.pg_exec(&format!("INSERT INTO events (name, active) VALUES ('single {i}', false)")).await;
+        env.pg_exec(&format!(
+            "INSERT INTO events (name, active) VALUES ('single {i}', false)"
+        ))
+        .await;
     }
     // Stopped while changes may still be in flight: the drain must keep them.
     running.stop().await;
 
     env.pg_exec(&insert(100, "while down")).await;
-    env.pg_exec("UPDATE events SET active = NOT active, happened_at = NULL WHERE id % 11 = 0").await;
-    env.pg_exec("DELETE FROM events WHERE id BETWEEN 100 AND 140").await;
-    env.pg_exec("BEGIN; UPDATE events SET amount = 999.99 WHERE name LIKE 'single%'; DELETE FROM events WHERE id = 2; COMMIT;")
+    env.pg_exec("UPDATE events SET active = NOT active, happened_at = NULL WHERE id % 11 = 0")
         .await;
+    env.pg_exec("DELETE FROM events WHERE id BETWEEN 100 AND 140").await;
+    env.pg_exec(
+        "BEGIN; UPDATE events SET amount = 999.99 WHERE name LIKE 'single%'; DELETE FROM events WHERE id = 2; COMMIT;",
+    )
+    .await;
 
     let mut running = env.start(&pipeline).await;
     env.pg_exec(&insert(5, "after restart")).await;
@@ -62,7 +69,12 @@ async fn restart_applies_every_change_exactly_once() {
     assert!(rows.len() > 250, "too few rows to prove anything: {}", rows.len());
 
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
 
     // Once drained, the applied offset is exactly the slot's confirmed position.
     let deadline = Deadline::new("the applied offset to equal the slot's confirmed_flush_lsn", secs(60));
@@ -72,14 +84,19 @@ async fn restart_applies_every_change_exactly_once() {
         if offset.is_some() && offset == confirmed {
             break;
         }
-        deadline.tick(&format!("offset {offset:?}, confirmed_flush_lsn {confirmed:?}")).await;
+        deadline
+            .tick(&format!("offset {offset:?}, confirmed_flush_lsn {confirmed:?}"))
+            .await;
     }
     running.stop().await;
 
     let queue = format!("wasmcdc.{}", pipeline.slot);
     if broker::queue_depth(&queue).await == 0 {
         let (offset, confirmed) = offsets(&env, &pipeline).await;
-        assert_eq!(offset, confirmed, "after a clean stop with an empty queue, offset and slot disagree");
+        assert_eq!(
+            offset, confirmed,
+            "after a clean stop with an empty queue, offset and slot disagree"
+        );
     }
     pipeline.assert_verified().await;
 }

@@ -14,7 +14,10 @@ const HOSTILE: &[(&str, &[&str])] = &[
     ("spin", &["ran for more than 100 ms"]),
     ("recurse", &["overflowed its 512 KiB stack"]),
     // A million changes: the guest's memory or the host's output cap stops it, whichever comes first.
-    ("flood", &["needed more than its 64 MiB of memory", "changes for one change"]),
+    (
+        "flood",
+        &["needed more than its 64 MiB of memory", "changes for one change"],
+    ),
     ("wide", &["returned 10001 changes"]),
     ("reject", &["rejected the change: rejected on request"]),
     ("panic", &["trapped"]),
@@ -32,8 +35,13 @@ fn tables() -> Vec<&'static str> {
 
 async fn create_tables(env: &Env) {
     for table in tables() {
-        let extra = if table == "escape" { "outcome TEXT" } else { "note TEXT NOT NULL" };
-        env.pg_exec(&format!("CREATE TABLE {table} (id INT PRIMARY KEY, {extra})")).await;
+        let extra = if table == "escape" {
+            "outcome TEXT"
+        } else {
+            "note TEXT NOT NULL"
+        };
+        env.pg_exec(&format!("CREATE TABLE {table} (id INT PRIMARY KEY, {extra})"))
+            .await;
     }
 }
 
@@ -57,11 +65,14 @@ async fn hostile_modules_never_stop_replication() {
 
     let mut expected = Vec::new();
     for (n, (table, _)) in (1u32..).zip(HOSTILE) {
-        env.pg_exec(&format!("INSERT INTO {table} (id, note) VALUES ({n}, 'hostile')")).await;
+        env.pg_exec(&format!("INSERT INTO {table} (id, note) VALUES ({n}, 'hostile')"))
+            .await;
         let note = format!("after {table}");
-        env.pg_exec(&format!("INSERT INTO orders (id, note) VALUES ({n}, '{note}')")).await;
+        env.pg_exec(&format!("INSERT INTO orders (id, note) VALUES ({n}, '{note}')"))
+            .await;
         expected.push(orders_row(n, &note));
-        env.wait_target(&pipeline, &mut running, ORDERS, &expected, secs(60)).await;
+        env.wait_target(&pipeline, &mut running, ORDERS, &expected, secs(60))
+            .await;
         running.assert_alive();
     }
 
@@ -77,7 +88,8 @@ async fn hostile_modules_never_stop_replication() {
     expected.push(orders_row(100, "before spin, same transaction"));
     expected.push(orders_row(101, "after spin, same transaction"));
     expected.sort();
-    env.wait_target(&pipeline, &mut running, ORDERS, &expected, secs(60)).await;
+    env.wait_target(&pipeline, &mut running, ORDERS, &expected, secs(60))
+        .await;
 
     let letters = pipeline.dead_letters().await;
     for (table, reasons) in HOSTILE {
@@ -124,9 +136,16 @@ async fn a_module_cannot_reach_files_environment_or_network() {
     let mut running = env.start(&pipeline).await;
 
     env.pg_exec("INSERT INTO escape (id) VALUES (1)").await;
-    env.pg_exec("INSERT INTO orders (id, note) VALUES (1, 'after escape')").await;
-    env.wait_target(&pipeline, &mut running, ORDERS, &vec![orders_row(1, "after escape")], secs(60))
+    env.pg_exec("INSERT INTO orders (id, note) VALUES (1, 'after escape')")
         .await;
+    env.wait_target(
+        &pipeline,
+        &mut running,
+        ORDERS,
+        &vec![orders_row(1, "after escape")],
+        secs(60),
+    )
+    .await;
     // Whatever the module got is in the row: a file's text, variables, entries, a connection.
     env.wait_target(
         &pipeline,
@@ -137,7 +156,10 @@ async fn a_module_cannot_reach_files_environment_or_network() {
     )
     .await;
     let letters = pipeline.dead_letters().await;
-    assert!(letters.is_empty(), "trying to escape is not a failure of the module: {letters:#?}");
+    assert!(
+        letters.is_empty(),
+        "trying to escape is not a failure of the module: {letters:#?}"
+    );
     running.stop().await;
 }
 
@@ -149,7 +171,11 @@ async fn transform_test_reports_a_runaway_module_in_one_line() {
     let pipeline = env.pipeline();
     let line = r#"{"op":"insert","schema":"public","table":"spin","columns":[],"key":[]}"#;
     let out = pipeline
-        .output_with_input(&["transform", "test", "--module", probe], &format!("{line}\n"), secs(30))
+        .output_with_input(
+            &["transform", "test", "--module", probe],
+            &format!("{line}\n"),
+            secs(30),
+        )
         .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -158,16 +184,27 @@ async fn transform_test_reports_a_runaway_module_in_one_line() {
         String::from_utf8_lossy(&out.stdout)
     );
     crate::support::binary::assert_clean_error(&stderr, &["line 1", "ran for more than 100 ms"]);
-    assert!(out.stdout.is_empty(), "a change that was not transformed was printed: {:?}", out.stdout);
+    assert!(
+        out.stdout.is_empty(),
+        "a change that was not transformed was printed: {:?}",
+        out.stdout
+    );
 
     // A module that writes to its stderr as it fails is reported the same way. Its
     // panic message is the guest's own output, logged; the host itself must not panic.
     let line = r#"{"op":"insert","schema":"public","table":"panic","columns":[],"key":[]}"#;
     let out = pipeline
-        .output_with_input(&["transform", "test", "--module", probe], &format!("{line}\n"), secs(30))
+        .output_with_input(
+            &["transform", "test", "--module", probe],
+            &format!("{line}\n"),
+            secs(30),
+        )
         .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "wasmcdc transform test succeeded on a panicking module");
+    assert!(
+        !out.status.success(),
+        "wasmcdc transform test succeeded on a panicking module"
+    );
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -176,18 +213,29 @@ async fn transform_test_reports_a_runaway_module_in_one_line() {
     // The guest's own panic message is logged as its stderr; any other panic text is the host's.
     let host_lines = stderr.lines().filter(|l| !l.contains("stream=\"stderr\""));
     for l in host_lines {
-        assert!(!l.contains("panicked") && !l.contains("stack backtrace"), "wasmcdc itself panicked:\n{stderr}");
+        assert!(
+            !l.contains("panicked") && !l.contains("stack backtrace"),
+            "wasmcdc itself panicked:\n{stderr}"
+        );
     }
-    assert!(stderr.contains("panicking on request"), "the guest's stderr reaches the log:\n{stderr}");
+    assert!(
+        stderr.contains("panicking on request"),
+        "the guest's stderr reaches the log:\n{stderr}"
+    );
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "expected one error line; stderr:\n{stderr}");
-    assert!(errors[0].contains("line 1") && errors[0].contains("trapped"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("line 1") && errors[0].contains("trapped"),
+        "{}",
+        errors[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_output_goes_to_the_log_and_the_change_goes_on() {
     let env = Env::new("print").await;
-    env.pg_exec("CREATE TABLE print (id INT PRIMARY KEY, note TEXT NOT NULL)").await;
+    env.pg_exec("CREATE TABLE print (id INT PRIMARY KEY, note TEXT NOT NULL)")
+        .await;
     let pipeline = env.pipeline().tables("public.print").transform(&guest("probe"));
     let mut running = env.start(&pipeline).await;
 
@@ -202,7 +250,11 @@ async fn guest_output_goes_to_the_log_and_the_change_goes_on() {
     .await;
     let log = running.log();
     for line in ["stdout from probe", "stderr from probe"] {
-        assert!(log.contains(line), "the guest's {line:?} is not in the log\n{}", running.log_tail());
+        assert!(
+            log.contains(line),
+            "the guest's {line:?} is not in the log\n{}",
+            running.log_tail()
+        );
     }
     running.stop().await;
 }

@@ -21,7 +21,8 @@ const TARGET_ROWS: &str = "SELECT CAST(id AS CHAR), label, CAST(amount AS CHAR),
      DATE_FORMAT(at, '%Y-%m-%d %H:%i:%s.%f') FROM seam";
 
 /// A cheap summary of the table to wait on before comparing every row.
-const SOURCE_SUMMARY: &str = "SELECT count(*)::text, coalesce(sum(id), 0)::text, coalesce(sum(touched), 0)::text FROM seam";
+const SOURCE_SUMMARY: &str =
+    "SELECT count(*)::text, coalesce(sum(id), 0)::text, coalesce(sum(touched), 0)::text FROM seam";
 const TARGET_SUMMARY: &str = "SELECT CAST(COUNT(*) AS CHAR), CAST(COALESCE(SUM(id), 0) AS CHAR), \
      CAST(COALESCE(SUM(touched), 0) AS CHAR) FROM seam";
 
@@ -61,7 +62,8 @@ async fn wait_equal(env: &Env, pipeline: &Pipeline, running: &mut Running, limit
             .await;
     }
     my.close().await;
-    env.wait_replicated(pipeline, running, SOURCE_ROWS, TARGET_ROWS, secs(60)).await
+    env.wait_replicated(pipeline, running, SOURCE_ROWS, TARGET_ROWS, secs(60))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,14 +118,30 @@ async fn existing_rows_are_copied_and_the_seam_loses_and_doubles_nothing() {
     );
 
     let rows = wait_equal(&env, &pipeline, &mut running, secs(300)).await;
-    assert!(rows.len() > (ROWS as usize) / 2, "too few rows to prove anything: {}", rows.len());
+    assert!(
+        rows.len() > (ROWS as usize) / 2,
+        "too few rows to prove anything: {}",
+        rows.len()
+    );
     pipeline.assert_verified().await;
 
     let progress = running.log().lines().filter(|l| l.contains(PROGRESS)).count();
-    assert!(progress >= 2, "the run logged {progress} initial copy progress lines\n{}", running.log_tail());
+    assert!(
+        progress >= 2,
+        "the run logged {progress} initial copy progress lines\n{}",
+        running.log_tail()
+    );
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
-    let (_, state) = env.offsets_row(&pipeline).await.expect("the pipeline has an offsets row");
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
+    let (_, state) = env
+        .offsets_row(&pipeline)
+        .await
+        .expect("the pipeline has an offsets row");
     assert_eq!(state, "streaming", "the offsets row's state after the copy");
     running.stop().await;
 }
@@ -145,10 +163,15 @@ async fn a_copy_interrupted_by_a_crash_is_redone() {
         "the copy finished before the crash, so nothing was interrupted; copy more rows\n{}",
         running.log_tail()
     );
-    let (_, state) = env.offsets_row(&pipeline).await.expect("the pipeline has an offsets row");
+    let (_, state) = env
+        .offsets_row(&pipeline)
+        .await
+        .expect("the pipeline has an offsets row");
     assert_eq!(state, "copying", "the offsets row's state after a crash in the copy");
     let my = env.my(&pipeline).await;
-    let partial = db::my_u64(&my, "SELECT CAST(COUNT(*) AS UNSIGNED) FROM seam").await.unwrap_or_default();
+    let partial = db::my_u64(&my, "SELECT CAST(COUNT(*) AS UNSIGNED) FROM seam")
+        .await
+        .unwrap_or_default();
     eprintln!("{partial} of {ROWS} rows were copied before the crash");
 
     // Changes while it is down, then a restart that must redo the copy.
@@ -161,8 +184,12 @@ async fn a_copy_interrupted_by_a_crash_is_redone() {
         ROWS + 500
     ))
     .await;
-    env.pg_exec(&format!("UPDATE seam SET touched = touched + 1 WHERE id BETWEEN {} AND {}", ROWS - 10, ROWS + 10))
-        .await;
+    env.pg_exec(&format!(
+        "UPDATE seam SET touched = touched + 1 WHERE id BETWEEN {} AND {}",
+        ROWS - 10,
+        ROWS + 10
+    ))
+    .await;
 
     let rows = wait_equal(&env, &pipeline, &mut running, secs(300)).await;
     let source_count = env.pg_rows("SELECT count(*)::text FROM seam").await;
@@ -176,10 +203,18 @@ async fn a_copy_interrupted_by_a_crash_is_redone() {
         "the restart did not say that it redoes an interrupted copy\n{}",
         running.log_tail()
     );
-    let (_, state) = env.offsets_row(&pipeline).await.expect("the pipeline has an offsets row");
+    let (_, state) = env
+        .offsets_row(&pipeline)
+        .await
+        .expect("the pipeline has an offsets row");
     assert_eq!(state, "streaming", "the offsets row's state after the redone copy");
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
     my.close().await;
     running.stop().await;
 }

@@ -24,11 +24,23 @@ async fn patterns_select_tables_and_other_schemas_get_prefixed_names() {
     )
     .await;
     let orders = env
-        .wait_replicated(&pipeline, &mut running, "SELECT id::text, item FROM orders", "SELECT CAST(id AS CHAR), item FROM orders", secs(60))
+        .wait_replicated(
+            &pipeline,
+            &mut running,
+            "SELECT id::text, item FROM orders",
+            "SELECT CAST(id AS CHAR), item FROM orders",
+            secs(60),
+        )
         .await;
     assert_eq!(orders.len(), 2, "the copied row and the streamed one: {orders:?}");
-    env.wait_replicated(&pipeline, &mut running, "SELECT id::text, name FROM customers", "SELECT CAST(id AS CHAR), name FROM customers", secs(60))
-        .await;
+    env.wait_replicated(
+        &pipeline,
+        &mut running,
+        "SELECT id::text, name FROM customers",
+        "SELECT CAST(id AS CHAR), name FROM customers",
+        secs(60),
+    )
+    .await;
     env.wait_replicated(
         &pipeline,
         &mut running,
@@ -43,7 +55,10 @@ async fn patterns_select_tables_and_other_schemas_get_prefixed_names() {
         "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name LIKE '%notes%'",
     )
     .await;
-    assert!(unselected.is_empty(), "a table the patterns do not match is not replicated: {unselected:?}");
+    assert!(
+        unselected.is_empty(),
+        "a table the patterns do not match is not replicated: {unselected:?}"
+    );
     pipeline.assert_verified().await;
     running.stop().await;
 

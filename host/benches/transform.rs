@@ -24,7 +24,11 @@ fn seed_change(i: usize) -> Change {
         table: "itrequests".into(),
         columns: vec![
             column("requestid", "integer", Value::Int(i as i64)),
-            column("details", "character varying(60)", Value::Text(format!("Repair laptop {i}"))),
+            column(
+                "details",
+                "character varying(60)",
+                Value::Text(format!("Repair laptop {i}")),
+            ),
             column("duedate", "date", Value::Date("2026-12-02".into())),
             column("fulfilled", "boolean", Value::Bool(true)),
         ],
@@ -75,6 +79,13 @@ fn main() {
     println!("changes per round:        {CHANGES} (seed-table updates, best of {ROUNDS} rounds)");
     println!("no transform:             {baseline:>9.1} ns/change");
     println!("identity component:       {identity_ns:>9.1} ns/change");
-    println!("overhead of identity:     {:>9.1} ns/change ({:.1}x the baseline)", identity_ns - baseline, identity_ns / baseline);
-    println!("identity throughput:      {:>9.0} changes/s on one thread", 1e9 / identity_ns);
+    println!(
+        "overhead of identity:     {:>9.1} ns/change ({:.1}x the baseline)",
+        identity_ns - baseline,
+        identity_ns / baseline
+    );
+    println!(
+        "identity throughput:      {:>9.0} changes/s on one thread",
+        1e9 / identity_ns
+    );
 }

@@ -29,7 +29,9 @@ pub enum ApplyError {
     #[error("--mariadb-url '{0}' is not a valid MariaDB URL; use mysql://USER:PASSWORD@HOST:PORT/DATABASE")]
     BadUrl(String),
     /// MariaDB cannot be reached.
-    #[error("cannot reach MariaDB at {url}: {reason}; check that the server is running and that --mariadb-url is right")]
+    #[error(
+        "cannot reach MariaDB at {url}: {reason}; check that the server is running and that --mariadb-url is right"
+    )]
     Unreachable {
         /// URL with the password masked.
         url: String,
@@ -37,7 +39,9 @@ pub enum ApplyError {
         reason: String,
     },
     /// MariaDB refused the credentials.
-    #[error("MariaDB rejected the credentials in {url} ({reason}); fix the user or password in --mariadb-url, or grant the user access to the database")]
+    #[error(
+        "MariaDB rejected the credentials in {url} ({reason}); fix the user or password in --mariadb-url, or grant the user access to the database"
+    )]
     BadCredentials {
         /// URL with the password masked.
         url: String,
@@ -122,14 +126,23 @@ pub async fn prepare(pool: &MySqlPool, defs: &[TableDef]) -> Result<(), ApplyErr
          ) ENGINE=InnoDB",
         my_ident(OFFSETS_TABLE)
     );
-    sqlx::query(AssertSqlSafe(create_offsets)).execute(pool).await.map_err(db_error)?;
+    sqlx::query(AssertSqlSafe(create_offsets))
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
     // Offsets tables made by earlier versions lack the later columns.
     for column in [
         "state VARCHAR(16) NOT NULL DEFAULT 'streaming' AFTER lsn_text",
         "transforms VARCHAR(2048) NOT NULL DEFAULT '' AFTER state",
     ] {
-        let alter = format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {column}", my_ident(OFFSETS_TABLE));
-        sqlx::query(AssertSqlSafe(alter)).execute(pool).await.map_err(db_error)?;
+        let alter = format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {column}",
+            my_ident(OFFSETS_TABLE)
+        );
+        sqlx::query(AssertSqlSafe(alter))
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
     }
     for def in defs {
         let sql = crate::catalog::create_table_sql(def);
@@ -158,7 +171,10 @@ pub struct OffsetsRow {
 
 /// `pipeline`'s row in the offsets table, if it has one.
 pub async fn offsets_row(pool: &MySqlPool, pipeline: &str) -> Result<Option<OffsetsRow>, ApplyError> {
-    let sql = format!("SELECT lsn, state, transforms FROM {} WHERE pipeline = ?", my_ident(OFFSETS_TABLE));
+    let sql = format!(
+        "SELECT lsn, state, transforms FROM {} WHERE pipeline = ?",
+        my_ident(OFFSETS_TABLE)
+    );
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(pipeline)
         .fetch_optional(pool)
@@ -216,7 +232,9 @@ pub async fn write_rows(
     }
     match write(pool, rows).await {
         Ok(()) => return Ok(()),
-        Err(e) if is_data_error(&e) => tracing::warn!(error = %e, "MariaDB refused a batch of copied rows; writing them one by one"),
+        Err(e) if is_data_error(&e) => {
+            tracing::warn!(error = %e, "MariaDB refused a batch of copied rows; writing them one by one")
+        }
         Err(e) => return Err(db_error(e)),
     }
     for row in rows {
@@ -261,7 +279,10 @@ fn db_error(e: sqlx::Error) -> ApplyError {
 
 /// Whether a failure is about the data (dead-letter it) rather than the connection (stop and retry).
 fn is_data_error(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(_) | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) | sqlx::Error::Protocol(_))
+    matches!(
+        e,
+        sqlx::Error::Database(_) | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) | sqlx::Error::Protocol(_)
+    )
 }
 
 /// Source transactions that must be applied together: one message, or every chunk of one large transaction.
@@ -313,7 +334,11 @@ pub async fn run(
         "INSERT IGNORE INTO {} (pipeline, lsn, lsn_text, updated_at) VALUES (?, 0, '0/0', UTC_TIMESTAMP(6))",
         my_ident(OFFSETS_TABLE)
     );
-    sqlx::query(AssertSqlSafe(insert)).bind(pipeline).execute(pool).await.map_err(db_error)?;
+    sqlx::query(AssertSqlSafe(insert))
+        .bind(pipeline)
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
     let mut consumer = broker.consume(opts.prefetch).await?;
     let mut known = KnownColumns::default();
     let mut group: Vec<Unit> = Vec::new();
@@ -384,10 +409,7 @@ pub async fn run(
                         tracing::warn!(lsn = %message.last_lsn, "discarding an incomplete large transaction that is being resent");
                     }
                     assembly = Some(Assembly {
-                        unit: Unit::from_message(Message {
-                            chunk: None,
-                            ..message
-                        }),
+                        unit: Unit::from_message(Message { chunk: None, ..message }),
                         next_index: 1,
                     });
                 } else {
@@ -484,7 +506,11 @@ async fn apply_one_by_one(pool: &MySqlPool, broker: &Broker, pipeline: &str, uni
     let count = unit.transactions.len();
     for (i, tx) in unit.transactions.iter().enumerate() {
         // The last transaction also carries the unit's final position (which may cover empty transactions after it).
-        let last_lsn = if i + 1 == count { unit.last_lsn } else { tx.context.commit_lsn };
+        let last_lsn = if i + 1 == count {
+            unit.last_lsn
+        } else {
+            tx.context.commit_lsn
+        };
         let single = Unit {
             last_lsn,
             pipeline: unit.pipeline.clone(),
@@ -512,8 +538,12 @@ async fn apply_one_by_one(pool: &MySqlPool, broker: &Broker, pipeline: &str, uni
                     lsn: tx.context.commit_lsn.to_string(),
                     table,
                 };
-                broker.dead_letter_message(&unit.message_for(vec![tx.clone()], last_lsn), &why).await?;
-                apply_units(pool, pipeline, std::slice::from_ref(&skip)).await.map_err(db_error)?;
+                broker
+                    .dead_letter_message(&unit.message_for(vec![tx.clone()], last_lsn), &why)
+                    .await?;
+                apply_units(pool, pipeline, std::slice::from_ref(&skip))
+                    .await
+                    .map_err(db_error)?;
             }
             Err(e) => return Err(db_error(e)),
         }
@@ -574,7 +604,12 @@ async fn check_offset_writable(pool: &MySqlPool, pipeline: &str, skip: &Unit) ->
     tx.rollback().await
 }
 
-async fn write_offset(tx: &mut sqlx::MySqlConnection, pipeline: &str, lsn: Lsn, transforms: &str) -> Result<(), sqlx::Error> {
+async fn write_offset(
+    tx: &mut sqlx::MySqlConnection,
+    pipeline: &str,
+    lsn: Lsn,
+    transforms: &str,
+) -> Result<(), sqlx::Error> {
     let update = format!(
         "UPDATE {} SET lsn = ?, lsn_text = ?, transforms = ?, updated_at = UTC_TIMESTAMP(6) WHERE pipeline = ?",
         my_ident(OFFSETS_TABLE)
@@ -592,7 +627,10 @@ async fn write_offset(tx: &mut sqlx::MySqlConnection, pipeline: &str, lsn: Lsn, 
 /// One MariaDB transaction: every unit above the recorded offset, and the new offset.
 async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let select = format!("SELECT lsn FROM {} WHERE pipeline = ? FOR UPDATE", my_ident(OFFSETS_TABLE));
+    let select = format!(
+        "SELECT lsn FROM {} WHERE pipeline = ? FOR UPDATE",
+        my_ident(OFFSETS_TABLE)
+    );
     let mut offset = sqlx::query(AssertSqlSafe(select))
         .bind(pipeline)
         .fetch_optional(&mut *tx)
@@ -658,7 +696,12 @@ async fn insert_rows(tx: &mut sqlx::MySqlConnection, rows: &[Change]) -> Result<
     let sql = format!(
         "INSERT INTO {} ({}) VALUES {}",
         my_ident(&target_table(&first.schema, &first.table)),
-        first.columns.iter().map(|c| my_ident(&c.name)).collect::<Vec<_>>().join(", "),
+        first
+            .columns
+            .iter()
+            .map(|c| my_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", "),
         vec![row; rows.len()].join(", ")
     );
     let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -671,7 +714,11 @@ async fn insert_rows(tx: &mut sqlx::MySqlConnection, rows: &[Change]) -> Result<
 
 async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result<(), sqlx::Error> {
     let table = my_ident(&target_table(&change.schema, &change.table));
-    let present: Vec<_> = change.columns.iter().filter(|c| c.value != Value::UnchangedToast).collect();
+    let present: Vec<_> = change
+        .columns
+        .iter()
+        .filter(|c| c.value != Value::UnchangedToast)
+        .collect();
     let key_clause = || {
         change
             .key
@@ -685,7 +732,11 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
         Op::Update => (
             format!(
                 "UPDATE {table} SET {} WHERE {}",
-                present.iter().map(|c| format!("{} = ?", my_ident(&c.name))).collect::<Vec<_>>().join(", "),
+                present
+                    .iter()
+                    .map(|c| format!("{} = ?", my_ident(&c.name)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 key_clause()
             ),
             present.iter().copied().chain(change.key.iter()).collect(),
@@ -739,12 +790,9 @@ fn bind<'q>(query: MyQuery<'q>, column: &'q Column) -> Result<MyQuery<'q>, sqlx:
         // A real is a single-precision float: as a double, its largest values overflow MariaDB's FLOAT.
         Value::Float(f) if column.pg_type == "real" => query.bind(*f as f32),
         Value::Float(f) => query.bind(*f),
-        Value::Numeric(s)
-        | Value::Text(s)
-        | Value::Json(s)
-        | Value::Date(s)
-        | Value::Time(s)
-        | Value::Timestamp(s) => query.bind(s.as_str()),
+        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Date(s) | Value::Time(s) | Value::Timestamp(s) => {
+            query.bind(s.as_str())
+        }
         // Captured in UTC; DATETIME has no zone, so the offset is dropped.
         Value::Timestamptz(s) => query.bind(s.strip_suffix("+00").unwrap_or(s).to_owned()),
         Value::Bytes(b) => query.bind(b.as_slice()),

@@ -16,8 +16,8 @@ use crate::change::{Change, Chunk, Lsn, Message, Transaction, TxContext};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
-use crate::transform::{TransformChain, guest_code};
 use crate::transform::watch::ChainWatcher;
+use crate::transform::{TransformChain, guest_code};
 
 /// Why the capture stopped.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +113,15 @@ pub async fn run(
     let slot = crate::source::ensure_slot(target, &pg, pipeline).await?;
     drop(pg);
     let start = slot.confirmed_flush;
-    let filter = tables.iter().map(TableName::wal2json_filter).collect::<Vec<_>>().join(",");
-    let mut options: Vec<(&str, String)> = wal2json::BASE_OPTIONS.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    let filter = tables
+        .iter()
+        .map(TableName::wal2json_filter)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut options: Vec<(&str, String)> = wal2json::BASE_OPTIONS
+        .iter()
+        .map(|(k, v)| (*k, (*v).to_owned()))
+        .collect();
     options.push(("add-tables", filter));
     let client = target.replication().await?;
     let mut stream = client
@@ -251,7 +258,11 @@ impl Capture<'_> {
             Err(e) => {
                 // Nothing can be made of it; keep it, with the reason, and go on.
                 tracing::error!(error = %e, "dead-lettering undecodable output");
-                let lsn = self.open.as_ref().map(|o| o.context.commit_lsn.to_string()).unwrap_or_default();
+                let lsn = self
+                    .open
+                    .as_ref()
+                    .map(|o| o.context.commit_lsn.to_string())
+                    .unwrap_or_default();
                 let why = DeadLetter {
                     stage: "decode",
                     reason: e.to_string(),
@@ -295,7 +306,15 @@ impl Capture<'_> {
         let Some(open) = self.open.as_mut() else {
             return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
         };
-        transform_change(self.pipeline, &mut self.chain, self.broker, change, &open.context, &mut open.changes).await?;
+        transform_change(
+            self.pipeline,
+            &mut self.chain,
+            self.broker,
+            change,
+            &open.context,
+            &mut open.changes,
+        )
+        .await?;
         if open.changes.len() >= self.opts.chunk_changes {
             self.publish_chunk(false).await?;
         }
@@ -377,7 +396,12 @@ impl Capture<'_> {
         self.publish(vec![transaction], lsn, Some(chunk)).await
     }
 
-    async fn publish(&mut self, transactions: Vec<Transaction>, last_lsn: Lsn, chunk: Option<Chunk>) -> Result<(), CaptureError> {
+    async fn publish(
+        &mut self,
+        transactions: Vec<Transaction>,
+        last_lsn: Lsn,
+        chunk: Option<Chunk>,
+    ) -> Result<(), CaptureError> {
         let message = Message {
             chunk,
             ..Message::new(self.pipeline, self.chain.hashes(), transactions, last_lsn)

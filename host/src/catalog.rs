@@ -43,7 +43,12 @@ impl TableName {
 
     /// wal2json's `add-tables` form, with its wildcard and comma escaping.
     pub fn wal2json_filter(&self) -> String {
-        let esc = |s: &str| s.replace('\\', "\\\\").replace(',', "\\,").replace('.', "\\.").replace('*', "\\*");
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace(',', "\\,")
+                .replace('.', "\\.")
+                .replace('*', "\\*")
+        };
         format!("{}.{}", esc(&self.schema), esc(&self.name))
     }
 
@@ -215,7 +220,11 @@ pub fn mariadb_type(pg_type: &str, is_key: bool) -> String {
 }
 
 fn unbounded_text(is_key: bool) -> String {
-    if is_key { "VARCHAR(768)".into() } else { "LONGTEXT".into() }
+    if is_key {
+        "VARCHAR(768)".into()
+    } else {
+        "LONGTEXT".into()
+    }
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for the table's MariaDB copy.
@@ -231,7 +240,11 @@ pub fn create_table_sql(def: &TableDef) -> String {
         .collect();
     cols.push(format!(
         "PRIMARY KEY ({})",
-        def.primary_key.iter().map(|k| my_ident(k)).collect::<Vec<_>>().join(", ")
+        def.primary_key
+            .iter()
+            .map(|k| my_ident(k))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     format!(
         "CREATE TABLE IF NOT EXISTS {} (\n  {}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
@@ -276,7 +289,9 @@ pub fn canonical_exprs(column: &ColumnDef) -> (String, String, Canon) {
     } else if t == "numeric" {
         // The target column is DECIMAL(65,30): print the source at the same scale.
         (
-            format!("CASE WHEN {pg} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE ({pg})::numeric(65,30)::text END"),
+            format!(
+                "CASE WHEN {pg} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE ({pg})::numeric(65,30)::text END"
+            ),
             format!("CAST({my} AS CHAR)"),
             Canon::Text,
         )
@@ -293,7 +308,11 @@ pub fn canonical_exprs(column: &ColumnDef) -> (String, String, Canon) {
             Canon::Text,
         )
     } else if t.starts_with("time") {
-        (format!("to_char({pg}, 'HH24:MI:SS.US')"), format!("TIME_FORMAT({my}, '%H:%i:%s.%f')"), Canon::Text)
+        (
+            format!("to_char({pg}, 'HH24:MI:SS.US')"),
+            format!("TIME_FORMAT({my}, '%H:%i:%s.%f')"),
+            Canon::Text,
+        )
     } else if t == "json" || t == "jsonb" {
         plain(Canon::Json)
     } else {
@@ -322,7 +341,10 @@ mod tests {
         let t = TableName::parse("public.itrequests").expect("valid");
         assert_eq!((t.schema.as_str(), t.name.as_str()), ("public", "itrequests"));
         assert_eq!(TableName::parse("orders").expect("valid").schema, "public");
-        assert_eq!(TableName::parse("sales.orders").expect("valid").target(), "sales_orders");
+        assert_eq!(
+            TableName::parse("sales.orders").expect("valid").target(),
+            "sales_orders"
+        );
         assert!(TableName::parse("a.b.c").is_none());
         assert!(TableName::parse("").is_none());
     }
@@ -339,8 +361,14 @@ mod tests {
 
     #[test]
     fn canonical_forms_agree_across_servers() {
-        assert_eq!(Canon::Float.finish(Some("1.7976931348623157e+308".into())), Canon::Float.finish(Some("1.7976931348623157e308".into())));
-        assert_eq!(Canon::Json.finish(Some(r#"{"b": 1,  "a":2}"#.into())), Canon::Json.finish(Some(r#"{"a": 2, "b": 1}"#.into())));
+        assert_eq!(
+            Canon::Float.finish(Some("1.7976931348623157e+308".into())),
+            Canon::Float.finish(Some("1.7976931348623157e308".into()))
+        );
+        assert_eq!(
+            Canon::Json.finish(Some(r#"{"b": 1,  "a":2}"#.into())),
+            Canon::Json.finish(Some(r#"{"a": 2, "b": 1}"#.into()))
+        );
         assert_eq!(Canon::Text.finish(None), None);
     }
 
@@ -349,8 +377,18 @@ mod tests {
         let def = TableDef {
             name: TableName::parse("itrequests").expect("valid"),
             columns: vec![
-                ColumnDef { name: "requestid".into(), pg_type: "integer".into(), type_oid: 23, not_null: true },
-                ColumnDef { name: "details".into(), pg_type: "character varying(60)".into(), type_oid: 1043, not_null: true },
+                ColumnDef {
+                    name: "requestid".into(),
+                    pg_type: "integer".into(),
+                    type_oid: 23,
+                    not_null: true,
+                },
+                ColumnDef {
+                    name: "details".into(),
+                    pg_type: "character varying(60)".into(),
+                    type_oid: 1043,
+                    not_null: true,
+                },
             ],
             primary_key: vec!["requestid".into()],
         };

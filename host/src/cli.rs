@@ -46,10 +46,22 @@ struct GlobalArgs {
     #[arg(long, env = "WASMCDC_TABLES", global = true, value_name = "LIST")]
     tables: Option<String>,
     /// A transform component, or SCHEMA.TABLE=PATH to apply it to one source table; repeat to build a chain.
-    #[arg(long = "transform", env = "WASMCDC_TRANSFORM", global = true, value_name = "PATH", value_delimiter = ',')]
+    #[arg(
+        long = "transform",
+        env = "WASMCDC_TRANSFORM",
+        global = true,
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
     transforms: Vec<PathBuf>,
     /// A transform setting, MODULE.KEY=VALUE (MODULE is the file name without .wasm); repeat for more.
-    #[arg(long = "transform-config", env = "WASMCDC_TRANSFORM_CONFIG", global = true, value_name = "MODULE.KEY=VALUE", value_delimiter = ';')]
+    #[arg(
+        long = "transform-config",
+        env = "WASMCDC_TRANSFORM_CONFIG",
+        global = true,
+        value_name = "MODULE.KEY=VALUE",
+        value_delimiter = ';'
+    )]
     transform_config: Vec<String>,
     /// A TOML file with the same keys as these flags (flags and environment take precedence).
     #[arg(long, env = "WASMCDC_CONFIG", global = true, value_name = "FILE")]
@@ -185,9 +197,24 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         return Ok(ExitCode::SUCCESS);
     }
     match cli.command {
-        Command::Run => supervise("the pipeline", &shutdown, async |up| run(&settings, shutdown.clone(), up).await).await?,
-        Command::Capture => supervise("the capture", &shutdown, async |up| capture_only(&settings, shutdown.clone(), up).await).await?,
-        Command::Apply => supervise("the apply", &shutdown, async |up| apply_only(&settings, shutdown.clone(), up).await).await?,
+        Command::Run => {
+            supervise("the pipeline", &shutdown, async |up| {
+                run(&settings, shutdown.clone(), up).await
+            })
+            .await?
+        }
+        Command::Capture => {
+            supervise("the capture", &shutdown, async |up| {
+                capture_only(&settings, shutdown.clone(), up).await
+            })
+            .await?
+        }
+        Command::Apply => {
+            supervise("the apply", &shutdown, async |up| {
+                apply_only(&settings, shutdown.clone(), up).await
+            })
+            .await?
+        }
         Command::Verify => return verify(&settings).await,
         Command::Status => status(&settings).await?,
         Command::Dlq {
@@ -254,7 +281,9 @@ async fn supervise(
 }
 
 /// Source checks shared by every command that reads PostgreSQL.
-async fn source_tables(settings: &Settings) -> Result<(PgTarget, tokio_postgres::Client, Vec<crate::catalog::TableDef>), Error> {
+async fn source_tables(
+    settings: &Settings,
+) -> Result<(PgTarget, tokio_postgres::Client, Vec<crate::catalog::TableDef>), Error> {
     let target = PgTarget::parse(&settings.pg_url)?;
     let pg = target.sql().await?;
     let defs = source::preflight(&pg, &settings.tables).await?;
@@ -266,7 +295,11 @@ fn live_chain(settings: &Settings, chain: TransformChain) -> Result<Transforms, 
     let reloads = if settings.transforms.is_empty() {
         None
     } else {
-        Some(ChainWatcher::start(&settings.transforms, &settings.transform_config, chain.hashes())?)
+        Some(ChainWatcher::start(
+            &settings.transforms,
+            &settings.transform_config,
+            chain.hashes(),
+        )?)
     };
     Ok(Transforms { chain, reloads })
 }
@@ -306,7 +339,16 @@ async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Re
             )));
         }
         (false, _) => {
-            let copied = snapshot::initial_copy(&settings.slot, &target, &defs, &mut transforms.chain, &pool, &publisher, &shutdown).await?;
+            let copied = snapshot::initial_copy(
+                &settings.slot,
+                &target,
+                &defs,
+                &mut transforms.chain,
+                &pool,
+                &publisher,
+                &shutdown,
+            )
+            .await?;
             if copied.is_none() {
                 return Ok(());
             }
@@ -331,7 +373,16 @@ async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Re
     let apply_opts = ApplyOptions::default();
     let tables: Vec<TableName> = defs.iter().map(|d| d.name.clone()).collect();
     let capture = async {
-        let r = capture::run(&settings.slot, &target, &tables, transforms, &publisher, &capture_opts, stop.clone()).await;
+        let r = capture::run(
+            &settings.slot,
+            &target,
+            &tables,
+            transforms,
+            &publisher,
+            &capture_opts,
+            stop.clone(),
+        )
+        .await;
         stop.cancel();
         r
     };
@@ -465,7 +516,10 @@ async fn slot_drop(settings: &Settings) -> Result<(), Error> {
     println!("deleted the broker objects of pipeline '{}'", settings.slot);
     let pool = apply::connect(&settings.mariadb_url).await?;
     apply::forget_offset(&pool, &settings.slot).await?;
-    println!("forgot the applied offset of pipeline '{}' (target tables are kept)", settings.slot);
+    println!(
+        "forgot the applied offset of pipeline '{}' (target tables are kept)",
+        settings.slot
+    );
     Ok(())
 }
 
@@ -502,7 +556,9 @@ async fn dlq_list(settings: &Settings, limit: usize) -> Result<(), Error> {
     println!("{total} dead letters in {}", broker.names.dlq);
     let mut shown = 0;
     while shown < limit.min(total as usize) {
-        let Some(dead) = broker.next_dead_letter().await? else { break };
+        let Some(dead) = broker.next_dead_letter().await? else {
+            break;
+        };
         shown += 1;
         let changes = serde_json::from_slice::<crate::change::Message>(&dead.body)
             .map(|m| format!("{} changes", m.change_count()))
@@ -529,7 +585,9 @@ async fn dlq_replay(settings: &Settings) -> Result<ExitCode, Error> {
     // Kept letters stay unsettled until the end, so each is read once.
     let mut keep = Vec::new();
     for _ in 0..total {
-        let Some(dead) = broker.next_dead_letter().await? else { break };
+        let Some(dead) = broker.next_dead_letter().await? else {
+            break;
+        };
         match replayable(&dead, &settings.slot, &mut chain) {
             Ok(message) => {
                 broker.publish(&message).await?.wait().await?;
@@ -537,7 +595,10 @@ async fn dlq_replay(settings: &Settings) -> Result<ExitCode, Error> {
                 replayed += 1;
             }
             Err(why) => {
-                println!("kept: stage={} lsn={} table={}: {why}", dead.stage, dead.lsn, dead.table);
+                println!(
+                    "kept: stage={} lsn={} table={}: {why}",
+                    dead.stage, dead.lsn, dead.table
+                );
                 keep.push(dead.tag);
                 kept += 1;
             }
@@ -548,7 +609,11 @@ async fn dlq_replay(settings: &Settings) -> Result<ExitCode, Error> {
     }
     broker.close().await;
     println!("replayed {replayed}, kept {kept}");
-    Ok(if kept == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if kept == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The message that re-drives a dead letter, or why it cannot be.

@@ -149,7 +149,9 @@ impl Settings {
             return Err(ConfigError::BadTable(tables_text));
         }
         let transforms = if o.transforms.is_empty() {
-            file.transform.map(|t| t.into_vec().into_iter().map(PathBuf::from).collect()).unwrap_or_default()
+            file.transform
+                .map(|t| t.into_vec().into_iter().map(PathBuf::from).collect())
+                .unwrap_or_default()
         } else {
             o.transforms
         };
@@ -161,14 +163,22 @@ impl Settings {
         let slot = o.slot.or(file.slot).unwrap_or_else(|| DEFAULT_SLOT.to_owned());
         let valid_slot = !slot.is_empty()
             && slot.len() <= 63
-            && slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && slot
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid_slot {
             return Err(ConfigError::BadSlot(slot));
         }
         Ok(Settings {
             pg_url: o.pg_url.or(file.pg_url).unwrap_or_else(|| DEFAULT_PG_URL.to_owned()),
-            amqp_url: o.amqp_url.or(file.amqp_url).unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
-            mariadb_url: o.mariadb_url.or(file.mariadb_url).unwrap_or_else(|| DEFAULT_MARIADB_URL.to_owned()),
+            amqp_url: o
+                .amqp_url
+                .or(file.amqp_url)
+                .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
+            mariadb_url: o
+                .mariadb_url
+                .or(file.mariadb_url)
+                .unwrap_or_else(|| DEFAULT_MARIADB_URL.to_owned()),
             slot,
             tables,
             transforms,
@@ -240,6 +250,12 @@ mod tests {
         })
         .expect("flag");
         assert_eq!(s.slot, "from_flag");
-        assert!(Settings::resolve(Overrides { slot: Some("Bad-Name".into()), ..Default::default() }).is_err());
+        assert!(
+            Settings::resolve(Overrides {
+                slot: Some("Bad-Name".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

@@ -13,9 +13,9 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 
 use crate::change::Message;
 
@@ -26,7 +26,9 @@ const ROUTING_KEY: &str = "changes";
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The connection could not be opened.
-    #[error("cannot reach RabbitMQ at {url}: {reason}; check that it is running and that --amqp-url (user, password, vhost) is right")]
+    #[error(
+        "cannot reach RabbitMQ at {url}: {reason}; check that it is running and that --amqp-url (user, password, vhost) is right"
+    )]
     Connect {
         /// The URL, password masked.
         url: String,
@@ -136,11 +138,20 @@ impl Broker {
             ..Default::default()
         };
         self.channel
-            .exchange_declare(n.dlx.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+            .exchange_declare(
+                n.dlx.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
             .await
             .map_err(broker("declaring the dead-letter exchange"))?;
         self.channel
-            .queue_declare(n.dlq.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .queue_declare(
+                n.dlq.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
             .await
             .map_err(broker("declaring the dead-letter queue"))?;
         self.channel
@@ -154,11 +165,20 @@ impl Broker {
             .await
             .map_err(broker("binding the dead-letter queue"))?;
         self.channel
-            .exchange_declare(n.exchange.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default())
+            .exchange_declare(
+                n.exchange.as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
             .await
             .map_err(broker("declaring the exchange"))?;
         self.channel
-            .queue_declare(n.queue.as_str().into(), QueueDeclareOptions::durable(), quorum_args(&n.dlx))
+            .queue_declare(
+                n.queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                quorum_args(&n.dlx),
+            )
             .await
             .map_err(broker("declaring the queue"))?;
         self.channel
@@ -269,7 +289,10 @@ impl Broker {
     pub async fn next_dead_letter(&self) -> Result<Option<DeadMessage>, QueueError> {
         let got = self
             .channel
-            .basic_get(self.names.dlq.as_str().into(), lapin::options::BasicGetOptions { no_ack: false })
+            .basic_get(
+                self.names.dlq.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
             .await
             .map_err(broker("reading the dead-letter queue"))?;
         Ok(got.map(|m| {
@@ -279,7 +302,8 @@ impl Broker {
             DeadMessage {
                 tag: d.delivery_tag,
                 reason: header(headers, "x-wasmcdc-reason").unwrap_or_else(|| {
-                    "RabbitMQ dead-lettered it after too many delivery attempts (the apply failed on it repeatedly)".into()
+                    "RabbitMQ dead-lettered it after too many delivery attempts (the apply failed on it repeatedly)"
+                        .into()
                 }),
                 stage: stage.unwrap_or_else(|| "broker".into()),
                 lsn: header(headers, "x-wasmcdc-lsn").unwrap_or_default(),
@@ -298,7 +322,13 @@ impl Broker {
                 .map_err(broker("removing a dead letter"))
         } else {
             self.channel
-                .basic_nack(tag, lapin::options::BasicNackOptions { multiple: false, requeue: true })
+                .basic_nack(
+                    tag,
+                    lapin::options::BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    },
+                )
                 .await
                 .map_err(broker("returning a dead letter"))
         }

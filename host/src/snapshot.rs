@@ -58,7 +58,10 @@ pub async fn initial_copy(
 
     // The exported snapshot lives as long as this connection stays idle.
     let mut repl = target.replication().await?;
-    let create = format!("CREATE_REPLICATION_SLOT {} LOGICAL wal2json (SNAPSHOT 'export')", quote_ident(pipeline));
+    let create = format!(
+        "CREATE_REPLICATION_SLOT {} LOGICAL wal2json (SNAPSHOT 'export')",
+        quote_ident(pipeline)
+    );
     let row = repl
         .simple_query(&create)
         .await
@@ -111,7 +114,10 @@ pub async fn initial_copy(
         let mut copied = 0usize;
         loop {
             if shutdown.is_cancelled() {
-                tracing::info!(pipeline, "initial copy interrupted; it starts again from the beginning next time");
+                tracing::info!(
+                    pipeline,
+                    "initial copy interrupted; it starts again from the beginning next time"
+                );
                 return Ok(None);
             }
             let messages = pg
@@ -125,9 +131,8 @@ pub async fn initial_copy(
                 for (i, c) in def.columns.iter().enumerate() {
                     let value = match r.get(i) {
                         None => Value::Null,
-                        Some(text) => value_from_text(c.type_oid, text.to_owned()).map_err(|e| {
-                            SourceError::Query(format!("cannot read {}.{}: {e}", def.name, c.name))
-                        })?,
+                        Some(text) => value_from_text(c.type_oid, text.to_owned())
+                            .map_err(|e| SourceError::Query(format!("cannot read {}.{}: {e}", def.name, c.name)))?,
                     };
                     columns.push(Column {
                         name: c.name.clone(),

@@ -45,16 +45,22 @@ pub enum SourceError {
         reason: String,
     },
     /// `wal_level` is not `logical`.
-    #[error("PostgreSQL's wal_level is '{0}', but logical replication needs 'logical'; run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL (scripts/services.sh does both)")]
+    #[error(
+        "PostgreSQL's wal_level is '{0}', but logical replication needs 'logical'; run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL (scripts/services.sh does both)"
+    )]
     WalLevel(String),
     /// wal2json cannot be loaded.
-    #[error("PostgreSQL cannot use the wal2json output plugin ({0}); install the postgresql-<major>-wal2json package and, where the server has the setting output_plugin_libraries, add wal2json to it (scripts/services.sh does both)")]
+    #[error(
+        "PostgreSQL cannot use the wal2json output plugin ({0}); install the postgresql-<major>-wal2json package and, where the server has the setting output_plugin_libraries, add wal2json to it (scripts/services.sh does both)"
+    )]
     NoPlugin(String),
     /// A table named in `--tables` does not exist.
     #[error("table {0} does not exist in the source database; create it or correct --tables")]
     NoSuchTable(TableName),
     /// A table without a primary key.
-    #[error("table {0} has no primary key, so its updates and deletes cannot be matched in MariaDB; add one (ALTER TABLE {0} ADD PRIMARY KEY (...))")]
+    #[error(
+        "table {0} has no primary key, so its updates and deletes cannot be matched in MariaDB; add one (ALTER TABLE {0} ADD PRIMARY KEY (...))"
+    )]
     NoKey(TableName),
     /// The slot is unusable or has run ahead of the target.
     #[error("{0}")]
@@ -204,7 +210,9 @@ impl PgTarget {
 
     /// Opens a replication connection.
     pub async fn replication(&self) -> Result<ReplicationClient, SourceError> {
-        ReplicationClient::connect(self).await.map_err(|e| self.replication_error(e))
+        ReplicationClient::connect(self)
+            .await
+            .map_err(|e| self.replication_error(e))
     }
 
     /// Turns a replication-protocol error into the sentence that fixes it.
@@ -310,10 +318,14 @@ impl TlsPolicy {
             if self.mode == SslMode::VerifyFull {
                 builder.with_webpki_verifier(verifier)
             } else {
-                builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyHostName(verifier)))
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyHostName(verifier)))
             }
         } else {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         };
         Ok(builder.with_no_client_auth())
     }
@@ -329,7 +341,9 @@ impl TlsPolicy {
                     )
                 };
                 for cert in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
-                    roots.add(cert.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
+                    roots
+                        .add(cert.map_err(|e| unreadable(&e))?)
+                        .map_err(|e| unreadable(&e))?;
                 }
                 if roots.is_empty() {
                     return Err(unreadable(&"the file holds no certificate"));
@@ -445,7 +459,10 @@ impl ServerCertVerifier for AnyHostName {
     ) -> Result<ServerCertVerified, rustls::Error> {
         // The webpki verifier checks the name only after the chain has verified,
         // so a name error means the chain is good.
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -496,7 +513,11 @@ fn take_tls_params(url: &str) -> (String, TlsParams) {
     let mut kept = Vec::new();
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = || percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned();
+        let value = || {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         match key {
             "sslmode" => params.sslmode = Some(value()),
             "sslrootcert" => params.sslrootcert = Some(value()),
@@ -544,7 +565,12 @@ pub async fn preflight(pg: &Client, tables: &[TableName]) -> Result<Vec<crate::c
 /// Replaces `*` patterns (`public.*`, `sales.order_*`) by the tables they match now.
 /// A table created later that matches is picked up at the next start.
 async fn expand(pg: &Client, tables: &[TableName]) -> Result<Vec<TableName>, SourceError> {
-    let like = |s: &str| s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_").replace('*', "%");
+    let like = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+            .replace('*', "%")
+    };
     let mut out = Vec::new();
     for t in tables {
         if !t.is_pattern() {
@@ -582,7 +608,10 @@ pub async fn slot_state(pg: &Client, slot: &str) -> Result<Option<SlotState>, So
         .map_err(SourceError::from)?;
     Ok(row.map(|r| SlotState {
         plugin: r.get(0),
-        confirmed_flush: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()).unwrap_or_default(),
+        confirmed_flush: r
+            .get::<_, Option<String>>(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default(),
         wal_status: r.get(2),
     }))
 }
@@ -591,7 +620,10 @@ pub async fn slot_state(pg: &Client, slot: &str) -> Result<Option<SlotState>, So
 pub async fn ensure_slot(target: &PgTarget, pg: &Client, slot: &str) -> Result<SlotState, SourceError> {
     if slot_state(pg, slot).await?.is_none() {
         let mut repl = target.replication().await?;
-        let sql = format!("CREATE_REPLICATION_SLOT {} LOGICAL wal2json", replication::quote_ident(slot));
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL wal2json",
+            replication::quote_ident(slot)
+        );
         match repl.simple_query(&sql).await {
             Ok(_) => tracing::info!(slot, "created replication slot"),
             // Another process created it first.
@@ -624,7 +656,12 @@ pub async fn drop_slot(pg: &Client, slot: &str) -> Result<bool, SourceError> {
             &[&slot],
         )
         .await
-        .map_err(|e| SourceError::Slot(format!("cannot drop replication slot '{slot}': {}; stop the pipeline that is using it first", SourceError::from(e))))?;
+        .map_err(|e| {
+            SourceError::Slot(format!(
+                "cannot drop replication slot '{slot}': {}; stop the pipeline that is using it first",
+                SourceError::from(e)
+            ))
+        })?;
     Ok(!dropped.is_empty())
 }
 
@@ -665,18 +702,26 @@ mod tests {
 
     #[test]
     fn root_cert_is_read_and_both_parameters_are_stripped() {
-        let t = PgTarget::parse("postgresql://u:p@db:6543/d?connect_timeout=5&sslrootcert=%2Fetc%2Fca%20x.pem&sslmode=verify-full")
-            .expect("parses");
+        let t = PgTarget::parse(
+            "postgresql://u:p@db:6543/d?connect_timeout=5&sslrootcert=%2Fetc%2Fca%20x.pem&sslmode=verify-full",
+        )
+        .expect("parses");
         assert_eq!(t.tls.mode, SslMode::VerifyFull);
         assert_eq!(t.tls.root_cert, Some(PathBuf::from("/etc/ca x.pem")));
         assert_eq!((t.host.as_str(), t.port, t.dbname.as_str()), ("db", 6543, "d"));
         assert_eq!(t.config.get_connect_timeout(), Some(&std::time::Duration::from_secs(5)));
-        assert!(t.url.contains("sslmode=verify-full"), "the URL as given is kept for messages");
+        assert!(
+            t.url.contains("sslmode=verify-full"),
+            "the URL as given is kept for messages"
+        );
     }
 
     #[test]
     fn sslrootcert_system_means_the_system_roots() {
-        assert_eq!(policy("postgres://u@db/d?sslmode=verify-full&sslrootcert=system").root_cert, None);
+        assert_eq!(
+            policy("postgres://u@db/d?sslmode=verify-full&sslrootcert=system").root_cert,
+            None
+        );
     }
 
     #[test]
@@ -687,7 +732,9 @@ mod tests {
 
     #[test]
     fn an_unknown_sslmode_is_refused_with_the_choices() {
-        let e = PgTarget::parse("postgres://u@db/d?sslmode=allow").expect_err("refused").to_string();
+        let e = PgTarget::parse("postgres://u@db/d?sslmode=allow")
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("sslmode=allow") && e.contains("verify-full"), "{e}");
     }
 
@@ -751,7 +798,10 @@ mod tests {
     /// The certificate file the local server presents (Debian's self-signed snakeoil).
     async fn server_cert_file() -> String {
         let pg = with_sslmode("require").sql().await.expect("ordinary connection");
-        pg.query_one("SHOW ssl_cert_file", &[]).await.expect("ssl_cert_file").get(0)
+        pg.query_one("SHOW ssl_cert_file", &[])
+            .await
+            .expect("ssl_cert_file")
+            .get(0)
     }
 
     fn with_params(host: &str, params: &str) -> PgTarget {
@@ -762,11 +812,17 @@ mod tests {
     #[tokio::test]
     async fn verify_full_refuses_a_certificate_from_an_untrusted_issuer() {
         // The public CA bundle does not hold the self-signed certificate.
-        let target = with_params("127.0.0.1", "sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt");
+        let target = with_params(
+            "127.0.0.1",
+            "sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+        );
         let ordinary = target.sql().await.expect_err("unverifiable").to_string();
         let replication = target.replication().await.err().expect("unverifiable").to_string();
         for e in [ordinary, replication] {
-            assert!(e.starts_with("the certificate of PostgreSQL at 127.0.0.1:5432 fails verification"), "{e}");
+            assert!(
+                e.starts_with("the certificate of PostgreSQL at 127.0.0.1:5432 fails verification"),
+                "{e}"
+            );
             assert!(e.contains("sslrootcert=") && e.contains("sslmode=require"), "{e}");
         }
     }
@@ -778,7 +834,10 @@ mod tests {
         let ordinary = by_address.sql().await.expect_err("wrong name").to_string();
         let replication = by_address.replication().await.err().expect("wrong name").to_string();
         for e in [ordinary, replication] {
-            assert!(e.starts_with("the certificate of PostgreSQL at 127.0.0.1:5432 does not name that host"), "{e}");
+            assert!(
+                e.starts_with("the certificate of PostgreSQL at 127.0.0.1:5432 does not name that host"),
+                "{e}"
+            );
             assert!(e.contains("sslmode=verify-ca"), "{e}");
         }
         // The snakeoil certificate names localhost.

@@ -69,9 +69,7 @@ const MAX_RESULT_BYTES: usize = 32 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
     /// The engine could not be configured on this host.
-    #[error(
-        "the WebAssembly engine could not start ({0}); run wasmcdc on a host that wasmtime supports"
-    )]
+    #[error("the WebAssembly engine could not start ({0}); run wasmcdc on a host that wasmtime supports")]
     Engine(String),
     /// The module file does not exist.
     #[error("transform module '{0}' does not exist; check the --transform path")]
@@ -95,9 +93,7 @@ pub enum TransformError {
     )]
     Start { module: String, reason: String },
     /// `init` returned an error.
-    #[error(
-        "transform '{module}' refused its configuration: {message}; fix the configuration or the module"
-    )]
+    #[error("transform '{module}' refused its configuration: {message}; fix the configuration or the module")]
     Init { module: String, message: String },
     /// The guest returned an error for a change.
     #[error("transform '{module}' rejected the change: {message}")]
@@ -111,9 +107,7 @@ pub enum TransformError {
     )]
     BadScope(String),
     /// A `--transform-config` entry is not `MODULE.KEY=VALUE`.
-    #[error(
-        "--transform-config '{0}' is not MODULE.KEY=VALUE; write for example mask-columns.columns=details"
-    )]
+    #[error("--transform-config '{0}' is not MODULE.KEY=VALUE; write for example mask-columns.columns=details")]
     BadConfig(String),
     /// A `--transform-config` entry names no module of the chain.
     #[error(
@@ -127,10 +121,7 @@ pub enum TransformError {
     BadInput { line: usize, reason: String },
     /// A trial input line could not be transformed.
     #[error("line {line}: {error}")]
-    AtLine {
-        line: usize,
-        error: Box<TransformError>,
-    },
+    AtLine { line: usize, error: Box<TransformError> },
     /// The trial input could not be read.
     #[error("the input could not be read ({0}); check that it is readable text")]
     Read(std::io::Error),
@@ -194,10 +185,7 @@ pub fn module_name(path: &Path) -> String {
 /// A module name matches with `-` and `_` taken as the same character, since
 /// cargo writes `mask_columns.wasm` for the crate `mask-columns`. The longest
 /// matching name wins, so module names and keys may both contain dots.
-fn split_config(
-    names: &[String],
-    entries: &[String],
-) -> Result<Vec<Vec<(String, String)>>, TransformError> {
+fn split_config(names: &[String], entries: &[String]) -> Result<Vec<Vec<(String, String)>>, TransformError> {
     let fold = |s: &str| s.replace('_', "-");
     let mut configs = vec![Vec::new(); names.len()];
     for entry in entries {
@@ -285,11 +273,7 @@ impl TransformChain {
     ///
     /// A module limited to a table sees every change derived from that
     /// table's change, even after an earlier module renamed or routed it.
-    pub fn apply(
-        &mut self,
-        change: Change,
-        ctx: &TxContext,
-    ) -> Result<Vec<Change>, TransformError> {
+    pub fn apply(&mut self, change: Change, ctx: &TxContext) -> Result<Vec<Change>, TransformError> {
         let (schema, table) = (change.schema.as_str(), change.table.as_str());
         let mut active: Vec<&mut Module> = self
             .modules
@@ -347,10 +331,7 @@ impl std::fmt::Display for CheckReport {
                 module_name(&self.path)
             )?,
         }
-        write!(
-            f,
-            "valid: it fits the wasmcdc:transform@0.1.0 `transformer` world"
-        )
+        write!(f, "valid: it fits the wasmcdc:transform@0.1.0 `transformer` world")
     }
 }
 
@@ -377,9 +358,8 @@ pub fn check(path: &Path) -> Result<CheckReport, TransformError> {
     };
     let engine = engine()?;
     let ty = component.component_type();
-    let describe = |name: &str, item: &wasmtime::component::types::ComponentItem| {
-        format!("{name} ({})", item_kind(item))
-    };
+    let describe =
+        |name: &str, item: &wasmtime::component::types::ComponentItem| format!("{name} ({})", item_kind(item));
     Ok(CheckReport {
         path: path.to_owned(),
         hash,
@@ -435,10 +415,7 @@ pub fn run_test(
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |reason: String| TransformError::BadInput {
-            line: line_no,
-            reason,
-        };
+        let bad = |reason: String| TransformError::BadInput { line: line_no, reason };
         let object: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
         let change = if object.contains_key("action") {
@@ -462,18 +439,14 @@ pub fn run_test(
                 Err(e) => return Err(bad(e.to_string())),
             }
         } else {
-            serde_json::from_value(serde_json::Value::Object(object))
-                .map_err(|e| bad(e.to_string()))?
+            serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| bad(e.to_string()))?
         };
-        let changes = chain
-            .apply(change, &ctx)
-            .map_err(|e| TransformError::AtLine {
-                line: line_no,
-                error: Box::new(e),
-            })?;
+        let changes = chain.apply(change, &ctx).map_err(|e| TransformError::AtLine {
+            line: line_no,
+            error: Box::new(e),
+        })?;
         for change in changes {
-            serde_json::to_writer(&mut output, &change)
-                .map_err(|e| TransformError::Write(e.into()))?;
+            serde_json::to_writer(&mut output, &change).map_err(|e| TransformError::Write(e.into()))?;
             output.write_all(b"\n").map_err(TransformError::Write)?;
         }
     }
@@ -493,10 +466,7 @@ struct Module {
 }
 
 impl Module {
-    fn load(
-        spec: ModuleSpec,
-        config: Vec<(String, String)>,
-    ) -> Result<(Self, String), TransformError> {
+    fn load(spec: ModuleSpec, config: Vec<(String, String)>) -> Result<(Self, String), TransformError> {
         let (_, pre, hash) = Self::compile(&spec.path)?;
         let mut module = Self {
             name: spec.path.display().to_string(),
@@ -511,9 +481,7 @@ impl Module {
     }
 
     /// Reads, hashes and compiles a component, and links it against the host.
-    fn compile(
-        path: &Path,
-    ) -> Result<(Component, wit::TransformerPre<Guest>, String), TransformError> {
+    fn compile(path: &Path) -> Result<(Component, wit::TransformerPre<Guest>, String), TransformError> {
         let bytes = std::fs::read(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => TransformError::Missing(path.to_owned()),
             _ => TransformError::Unreadable {
@@ -532,13 +500,11 @@ impl Module {
         }
         if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
             return Err(not_component(
-                "it is a core module, as built for wasm32-unknown-unknown or wasm32-wasip1"
-                    .to_owned(),
+                "it is a core module, as built for wasm32-unknown-unknown or wasm32-wasip1".to_owned(),
             ));
         }
         // Compiled from the bytes just hashed, so the hash names exactly what runs.
-        let component =
-            Component::from_binary(engine, &bytes).map_err(|e| not_component(error_text(&e)))?;
+        let component = Component::from_binary(engine, &bytes).map_err(|e| not_component(error_text(&e)))?;
         let name = path.display().to_string();
         let incompatible = |e: wasmtime::Error| TransformError::Incompatible {
             module: name.clone(),
@@ -599,9 +565,7 @@ impl Module {
             }
         };
         instance.store.set_epoch_deadline(CALL_TICKS);
-        let result = instance
-            .bindings
-            .call_init(&mut instance.store, &self.config);
+        let result = instance.bindings.call_init(&mut instance.store, &self.config);
         instance.log_output(&self.name);
         match result {
             Ok(Ok(())) => Ok(instance),
@@ -616,20 +580,14 @@ impl Module {
         }
     }
 
-    fn call(
-        &mut self,
-        change: &wit::Change,
-        ctx: &wit::TxContext,
-    ) -> Result<Vec<wit::Change>, TransformError> {
+    fn call(&mut self, change: &wit::Change, ctx: &wit::TxContext) -> Result<Vec<wit::Change>, TransformError> {
         let instance = match &mut self.instance {
             Some(instance) => instance,
             None => self.instance.insert(self.start()?),
         };
         instance.store.data_mut().limits.memory_denied = false;
         instance.store.set_epoch_deadline(CALL_TICKS);
-        let result = instance
-            .bindings
-            .call_transform(&mut instance.store, change, ctx);
+        let result = instance.bindings.call_transform(&mut instance.store, change, ctx);
         instance.log_output(&self.name);
         match result {
             Ok(Ok(changes)) => {
@@ -710,10 +668,7 @@ fn describe_failure(module: &str, error: &wasmtime::Error, store: &Store<Guest>)
     // The wasm backtrace helps the module's author, not the change's reader.
     tracing::debug!(module, "guest failure: {error:?}");
     if store.data().limits.memory_denied {
-        return format!(
-            "it needed more than its {} MiB of memory",
-            MEMORY_LIMIT >> 20
-        );
+        return format!("it needed more than its {} MiB of memory", MEMORY_LIMIT >> 20);
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
@@ -779,23 +734,13 @@ struct Limits {
 }
 
 impl ResourceLimiter for Limits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = self.inner.memory_growing(current, desired, maximum)?;
         self.memory_denied |= !allowed;
         Ok(allowed)
     }
 
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
     }
 
@@ -820,12 +765,7 @@ fn log_output(module: &str, stdout: &GuestOutput, stderr: &GuestOutput) {
             tracing::info!(module, stream, "{line}");
         }
         if dropped > 0 {
-            tracing::info!(
-                module,
-                stream,
-                dropped,
-                "guest output over the limit was dropped"
-            );
+            tracing::info!(module, stream, dropped, "guest output over the limit was dropped");
         }
     }
 }
@@ -895,11 +835,7 @@ impl Pollable for GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.append(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -1073,19 +1009,11 @@ mod tests {
                 "numeric(30,10)",
                 Value::Numeric("12345678901234567890.0123456789".into()),
             ),
-            column(
-                "t",
-                "character varying(60)",
-                Value::Text("Repair laptop ✓".into()),
-            ),
+            column("t", "character varying(60)", Value::Text("Repair laptop ✓".into())),
             column("by", "bytea", Value::Bytes(vec![0, 0xde, 0xad, 0xff])),
             column("j", "jsonb", Value::Json(r#"{"a": [1, 2]}"#.into())),
             column("d", "date", Value::Date("2024-05-01".into())),
-            column(
-                "tm",
-                "time without time zone",
-                Value::Time("12:34:56.789".into()),
-            ),
+            column("tm", "time without time zone", Value::Time("12:34:56.789".into())),
             column(
                 "ts",
                 "timestamp without time zone",
@@ -1133,25 +1061,18 @@ mod tests {
         assert!(chain.is_empty());
         assert!(chain.hashes().is_empty());
         let input = change(Op::Update, "itrequests");
-        assert_eq!(
-            chain.apply(input.clone(), &ctx()).expect("apply"),
-            vec![input]
-        );
+        assert_eq!(chain.apply(input.clone(), &ctx()).expect("apply"), vec![input]);
     }
 
     #[test]
     fn chain_of_two_identities_passes_through_and_hashes_each() {
         let identity = component("identity");
-        let mut chain =
-            TransformChain::load(&[identity.clone(), identity.clone()], &[]).expect("load");
+        let mut chain = TransformChain::load(&[identity.clone(), identity.clone()], &[]).expect("load");
         assert!(!chain.is_empty());
         let expected = hex::encode(Sha256::digest(std::fs::read(&identity).expect("read")));
         assert_eq!(chain.hashes(), [expected.clone(), expected]);
         let input = change(Op::Insert, "itrequests");
-        assert_eq!(
-            chain.apply(input.clone(), &ctx()).expect("apply"),
-            vec![input]
-        );
+        assert_eq!(chain.apply(input.clone(), &ctx()).expect("apply"), vec![input]);
     }
 
     #[test]
@@ -1171,10 +1092,7 @@ mod tests {
             let message = err.to_string();
             assert!(
                 !message.contains('\n')
-                    && message.starts_with(&format!(
-                        "'{}' is not a WebAssembly component (",
-                        path.display()
-                    )),
+                    && message.starts_with(&format!("'{}' is not a WebAssembly component (", path.display())),
                 "{message}"
             );
             assert!(
@@ -1192,10 +1110,7 @@ mod tests {
             .err()
             .expect("refused");
         assert!(matches!(err, TransformError::Missing(_)), "{err}");
-        assert!(
-            err.to_string().contains("/nonexistent/transform.wasm"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/transform.wasm"), "{err}");
     }
 
     #[test]
@@ -1225,21 +1140,9 @@ mod tests {
     fn run_test_names_a_bad_line() {
         let good = serde_json::to_string(&change(Op::Insert, "itrequests")).expect("json");
         let input = format!("{good}\n{{\"op\": \"upsert\"}}\n");
-        let err = run_test(
-            &[component("identity")],
-            &[],
-            input.as_bytes(),
-            std::io::sink(),
-        )
-        .expect_err("error");
-        assert!(
-            matches!(err, TransformError::BadInput { line: 2, .. }),
-            "{err}"
-        );
-        assert!(
-            err.to_string().starts_with("line 2 is not a change: "),
-            "{err}"
-        );
+        let err = run_test(&[component("identity")], &[], input.as_bytes(), std::io::sink()).expect_err("error");
+        assert!(matches!(err, TransformError::BadInput { line: 2, .. }), "{err}");
+        assert!(err.to_string().starts_with("line 2 is not a change: "), "{err}");
     }
 
     #[test]
@@ -1251,25 +1154,17 @@ mod tests {
                 .expect("drop")
                 .is_empty()
         );
-        let fanned = chain
-            .apply(change(Op::Insert, "fanout"), &ctx())
-            .expect("fan out");
+        let fanned = chain.apply(change(Op::Insert, "fanout"), &ctx()).expect("fan out");
         let tables: Vec<_> = fanned.iter().map(|c| c.table.as_str()).collect();
         assert_eq!(tables, ["fanout", "fanout_copy"]);
-        let err = chain
-            .apply(change(Op::Insert, "reject"), &ctx())
-            .expect_err("rejected");
+        let err = chain.apply(change(Op::Insert, "reject"), &ctx()).expect_err("rejected");
         assert!(matches!(err, TransformError::Rejected { .. }), "{err}");
         assert!(
-            err.to_string()
-                .ends_with("rejected the change: rejected on request"),
+            err.to_string().ends_with("rejected the change: rejected on request"),
             "{err}"
         );
         assert_eq!(
-            chain
-                .apply(change(Op::Insert, "print"), &ctx())
-                .expect("print")
-                .len(),
+            chain.apply(change(Op::Insert, "print"), &ctx()).expect("print").len(),
             1
         );
     }
@@ -1298,9 +1193,7 @@ mod tests {
             .finish();
         let mut chain = TransformChain::load(&[component("probe")], &[]).expect("load probe");
         tracing::subscriber::with_default(subscriber, || {
-            chain
-                .apply(change(Op::Insert, "print"), &ctx())
-                .expect("print");
+            chain.apply(change(Op::Insert, "print"), &ctx()).expect("print");
         });
         let log = String::from_utf8(captured.0.lock().expect("log").clone()).expect("utf-8");
         assert!(
@@ -1325,27 +1218,13 @@ mod tests {
             ("wide", "it returned 10001 changes"),
             ("flood", "it"),
         ] {
-            let err = chain
-                .apply(change(Op::Insert, table), &ctx())
-                .expect_err("failure");
-            assert!(
-                matches!(err, TransformError::Failed { .. }),
-                "{table}: {err}"
-            );
+            let err = chain.apply(change(Op::Insert, table), &ctx()).expect_err("failure");
+            assert!(matches!(err, TransformError::Failed { .. }), "{table}: {err}");
             let message = err.to_string();
-            assert!(
-                message.contains(&format!("failed: {reason}")),
-                "{table}: {message}"
-            );
-            assert!(
-                message.ends_with("; the change was not transformed"),
-                "{message}"
-            );
+            assert!(message.contains(&format!("failed: {reason}")), "{table}: {message}");
+            assert!(message.ends_with("; the change was not transformed"), "{message}");
             let next = change(Op::Update, "itrequests");
-            assert_eq!(
-                chain.apply(next.clone(), &ctx()).expect("after failure"),
-                vec![next]
-            );
+            assert_eq!(chain.apply(next.clone(), &ctx()).expect("after failure"), vec![next]);
         }
     }
 
@@ -1358,13 +1237,7 @@ mod tests {
     }
 
     fn text_of(change: &Change, column: &str) -> String {
-        match &change
-            .columns
-            .iter()
-            .find(|c| c.name == column)
-            .expect("column")
-            .value
-        {
+        match &change.columns.iter().find(|c| c.name == column).expect("column").value {
             Value::Text(s) => s.clone(),
             other => panic!("{column} is not text: {other:?}"),
         }
@@ -1373,10 +1246,7 @@ mod tests {
     #[test]
     fn module_specs_name_a_table_or_not() {
         let plain = ModuleSpec::parse(Path::new("dir/m.wasm")).expect("plain");
-        assert_eq!(
-            (plain.path.as_path(), plain.table),
-            (Path::new("dir/m.wasm"), None)
-        );
+        assert_eq!((plain.path.as_path(), plain.table), (Path::new("dir/m.wasm"), None));
         let spec = ModuleSpec::parse(Path::new("public.orders=m.wasm")).expect("scoped");
         assert_eq!(spec.path, Path::new("m.wasm"));
         assert_eq!(spec.table, TableName::parse("public.orders"));
@@ -1386,10 +1256,7 @@ mod tests {
         }
         let err = ModuleSpec::parse(Path::new("public.orders=")).expect_err("no path");
         assert!(matches!(err, TransformError::BadScope(_)), "{err}");
-        assert_eq!(
-            module_name(Path::new("/t/mask_columns.wasm")),
-            "mask_columns"
-        );
+        assert_eq!(module_name(Path::new("/t/mask_columns.wasm")), "mask_columns");
     }
 
     #[test]
@@ -1430,9 +1297,7 @@ mod tests {
             ]),
         )
         .expect("load");
-        let out = chain
-            .apply(change(Op::Update, "itrequests"), &ctx())
-            .expect("apply");
+        let out = chain.apply(change(Op::Update, "itrequests"), &ctx()).expect("apply");
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].table, "requests");
         assert_eq!(out[0].key[0].name, "id");
@@ -1450,10 +1315,9 @@ mod tests {
             message.contains("mask_columns.wasm' refused its configuration: set columns"),
             "{message}"
         );
-        let err =
-            TransformChain::load(&[component("rename")], &config(&["mask-columns.columns=t"]))
-                .err()
-                .expect("unknown module");
+        let err = TransformChain::load(&[component("rename")], &config(&["mask-columns.columns=t"]))
+            .err()
+            .expect("unknown module");
         assert!(matches!(err, TransformError::UnknownModule { .. }), "{err}");
     }
 
@@ -1471,38 +1335,27 @@ mod tests {
         )
         .expect("load");
         assert_eq!(chain.hashes().len(), 3);
-        let out = chain
-            .apply(change(Op::Insert, "itrequests"), &ctx())
-            .expect("scoped");
+        let out = chain.apply(change(Op::Insert, "itrequests"), &ctx()).expect("scoped");
         assert_eq!(out[0].table, "renamed");
         assert_eq!(text_of(&out[0], "t").len(), 64);
         let other = change(Op::Insert, "orders");
-        assert_eq!(
-            chain.apply(other.clone(), &ctx()).expect("unscoped"),
-            vec![other]
-        );
+        assert_eq!(chain.apply(other.clone(), &ctx()).expect("unscoped"), vec![other]);
         let elsewhere = Change {
             schema: "sales".to_owned(),
             ..change(Op::Insert, "itrequests")
         };
         assert_eq!(
-            chain
-                .apply(elsewhere.clone(), &ctx())
-                .expect("other schema"),
+            chain.apply(elsewhere.clone(), &ctx()).expect("other schema"),
             vec![elsewhere]
         );
     }
 
     #[test]
     fn a_chain_scoped_away_from_a_change_passes_it_through() {
-        let mut chain =
-            TransformChain::load(&[scoped("public.orders", "probe")], &[]).expect("load");
+        let mut chain = TransformChain::load(&[scoped("public.orders", "probe")], &[]).expect("load");
         // The probe would drop this change; it is not for the probe's table.
         let input = change(Op::Insert, "drop");
-        assert_eq!(
-            chain.apply(input.clone(), &ctx()).expect("apply"),
-            vec![input]
-        );
+        assert_eq!(chain.apply(input.clone(), &ctx()).expect("apply"), vec![input]);
     }
 
     #[test]
@@ -1511,14 +1364,8 @@ mod tests {
         let report = check(&path).expect("valid");
         let expected = hex::encode(Sha256::digest(std::fs::read(&path).expect("read")));
         assert_eq!(report.hash, expected);
-        assert!(
-            report.exports.contains(&"init (function)".to_owned()),
-            "{report}"
-        );
-        assert!(
-            report.exports.contains(&"transform (function)".to_owned()),
-            "{report}"
-        );
+        assert!(report.exports.contains(&"init (function)".to_owned()), "{report}");
+        assert!(report.exports.contains(&"transform (function)".to_owned()), "{report}");
         assert!(
             report
                 .imports
@@ -1527,17 +1374,11 @@ mod tests {
             "{report}"
         );
         assert_eq!(report.init, Ok(()));
-        assert!(
-            report
-                .to_string()
-                .contains("init: accepts an empty configuration")
-        );
+        assert!(report.to_string().contains("init: accepts an empty configuration"));
         let report = check(&component("mask_columns")).expect("valid but needs config");
         assert!(report.init.is_err());
         assert!(
-            report
-                .to_string()
-                .contains("--transform-config mask_columns.KEY=VALUE"),
+            report.to_string().contains("--transform-config mask_columns.KEY=VALUE"),
             "{report}"
         );
         let err = check(Path::new("/nonexistent/m.wasm")).expect_err("missing");
@@ -1580,10 +1421,7 @@ mod tests {
             std::io::sink(),
         )
         .expect_err("unknown action");
-        assert!(
-            err.to_string().starts_with("line 1 is not a change: "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("line 1 is not a change: "), "{err}");
     }
 
     #[test]

@@ -48,7 +48,11 @@ impl std::fmt::Display for TableReport {
             self.extra.len(),
             self.different.len()
         )?;
-        for (label, keys) in [("missing in target", &self.missing), ("extra in target", &self.extra), ("different", &self.different)] {
+        for (label, keys) in [
+            ("missing in target", &self.missing),
+            ("extra in target", &self.extra),
+            ("different", &self.different),
+        ] {
             for key in keys.iter().take(SHOW) {
                 write!(f, "\n  {label}: {key}")?;
             }

@@ -19,7 +19,9 @@ const TABLE: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, customer int NO
                      amount numeric(10,2) NOT NULL, placed timestamptz NOT NULL, note text)";
 
 async fn target_count(my: &sqlx::MySqlPool, table: &str) -> u64 {
-    db::my_u64(my, &format!("SELECT CAST(COUNT(*) AS UNSIGNED) FROM {table}")).await.unwrap_or(0)
+    db::my_u64(my, &format!("SELECT CAST(COUNT(*) AS UNSIGNED) FROM {table}"))
+        .await
+        .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +32,14 @@ async fn main() {
     let my = env.my(&pipeline).await;
 
     // Baseline: what MariaDB takes from one writer, multi-row INSERTs of 500 in transactions of 5 000.
-    db::my_exec(&my, &TABLE.replace("CREATE TABLE orders", "CREATE TABLE baseline").replace("timestamptz", "datetime(6)").replace("note text", "note longtext")).await;
+    db::my_exec(
+        &my,
+        &TABLE
+            .replace("CREATE TABLE orders", "CREATE TABLE baseline")
+            .replace("timestamptz", "datetime(6)")
+            .replace("note text", "note longtext"),
+    )
+    .await;
     let started = Instant::now();
     for tx in 0..ROWS / 5_000 {
         let mut t = my.begin().await.expect("begin");
@@ -40,7 +49,11 @@ async fn main() {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for i in 0..500 {
                 let id = (tx * 5_000 + chunk * 500 + i) as i64;
-                query = query.bind(id).bind(id % 977).bind(format!("item {id}")).bind(format!("{}.25", id % 1000));
+                query = query
+                    .bind(id)
+                    .bind(id % 977)
+                    .bind(format!("item {id}"))
+                    .bind(format!("{}.25", id % 1000));
             }
             query.execute(&mut *t).await.expect("baseline insert");
         }
@@ -64,7 +77,10 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(600);
     while target_count(&my, "orders").await < ROWS as u64 {
         running.assert_alive();
-        assert!(Instant::now() < deadline, "the pipeline did not catch up within 10 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline did not catch up within 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let caught_up = started.elapsed();
@@ -75,7 +91,10 @@ async fn main() {
     for i in 0..LATENCY_SAMPLES {
         let id = ROWS + i;
         let t0 = Instant::now();
-        env.pg_exec(&format!("INSERT INTO orders VALUES ({id}, 1, 'latency', 1, now(), NULL)")).await;
+        env.pg_exec(&format!(
+            "INSERT INTO orders VALUES ({id}, 1, 'latency', 1, now(), NULL)"
+        ))
+        .await;
         while target_count(&my, &format!("orders WHERE id = {id}")).await == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -100,7 +119,10 @@ async fn main() {
     let total = (2 * ROWS + LATENCY_SAMPLES) as u64;
     while target_count(&my, "orders").await < total {
         running.assert_alive();
-        assert!(started.elapsed() < Duration::from_secs(600), "the backlog was not drained within 10 minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the backlog was not drained within 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let drained = started.elapsed();
@@ -108,11 +130,21 @@ async fn main() {
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("rows: {ROWS} in source transactions of {ROWS_PER_TX} rows; no transform");
-    println!("source commit rate:          {:>9.0} rows/s ({:.1} s)", ROWS as f64 / source_done.as_secs_f64(), source_done.as_secs_f64());
-    println!("pipeline, commit to applied: {pipeline_rate:>9.0} rows/s ({:.1} s until the last row was in MariaDB)", caught_up.as_secs_f64());
+    println!(
+        "source commit rate:          {:>9.0} rows/s ({:.1} s)",
+        ROWS as f64 / source_done.as_secs_f64(),
+        source_done.as_secs_f64()
+    );
+    println!(
+        "pipeline, commit to applied: {pipeline_rate:>9.0} rows/s ({:.1} s until the last row was in MariaDB)",
+        caught_up.as_secs_f64()
+    );
     println!("baseline, direct to MariaDB: {baseline:>9.0} rows/s (bound multi-row INSERTs of 500, one writer)");
     println!("pipeline / baseline:         {:>9.2}", pipeline_rate / baseline);
-    println!("lag after the source's last commit: {:.2} s", (caught_up - source_done).as_secs_f64());
+    println!(
+        "lag after the source's last commit: {:.2} s",
+        (caught_up - source_done).as_secs_f64()
+    );
     println!(
         "backlog drain (pipeline's own ceiling): {:>9.0} rows/s ({ROWS} rows, {:.1} s from start); / baseline {:.2}",
         ROWS as f64 / drained.as_secs_f64(),

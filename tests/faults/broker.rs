@@ -13,10 +13,14 @@ async fn rabbitmq_restarted() {
     rabbit.stop_app().await;
     s.pause(3_000, 6_000).await;
     rabbit.start_app().await;
-    eprintln!("rabbitmq_restart: start_app done at {} changes sent", s.workload().sent());
+    eprintln!(
+        "rabbitmq_restart: start_app done at {} changes sent",
+        s.workload().sent()
+    );
     s.assert_alive();
     drop(rabbit);
-    s.wait_log(RETRYING, 1, "the pipeline noticed that RabbitMQ stopped").await;
+    s.wait_log(RETRYING, 1, "the pipeline noticed that RabbitMQ stopped")
+        .await;
     s.finish().await;
 }
 
@@ -33,12 +37,23 @@ async fn broker_refuses_publishes() {
     rabbit.raise_memory_alarm().await;
     let mut blocked = 0;
     for _ in 0..4 {
-        blocked += rabbit.connection_states().await.iter().filter(|s| *s == "blocked").count();
+        blocked += rabbit
+            .connection_states()
+            .await
+            .iter()
+            .filter(|s| *s == "blocked")
+            .count();
         s.pause(800, 1_200).await;
     }
     rabbit.clear_memory_alarm().await;
-    eprintln!("broker_refuses: memory alarm cleared at {} changes sent", s.workload().sent());
-    assert!(blocked > 0, "no RabbitMQ connection was blocked by the memory alarm, so no publish was held up");
+    eprintln!(
+        "broker_refuses: memory alarm cleared at {} changes sent",
+        s.workload().sent()
+    );
+    assert!(
+        blocked > 0,
+        "no RabbitMQ connection was blocked by the memory alarm, so no publish was held up"
+    );
     s.assert_alive();
 
     // A full queue with reject-publish: publishes are nacked. The apply keeps
@@ -50,7 +65,10 @@ async fn broker_refuses_publishes() {
     let queue = format!("wasmcdc.{}", s.pipeline.slot);
     let policy = format!("{}-reject", s.pipeline.slot);
     s.stop_apply().await;
-    eprintln!("broker_refuses: capping {queue} at 10 messages at {} changes sent", s.workload().sent());
+    eprintln!(
+        "broker_refuses: capping {queue} at 10 messages at {} changes sent",
+        s.workload().sent()
+    );
     rabbit.cap_queue(&policy, &queue, 10).await;
     s.wait_log("(nack)", 1, "the capped queue nacked a publish").await;
     s.pause(3_000, 5_000).await;

@@ -43,7 +43,10 @@ async fn apply_killed_at_random_moments() {
         s.pause(150, 900).await;
         s.kill_apply();
         kills += 1;
-        eprintln!("apply_kill: kill {kills} (catching up) at {} changes sent", s.workload().sent());
+        eprintln!(
+            "apply_kill: kill {kills} (catching up) at {} changes sent",
+            s.workload().sent()
+        );
         s.pause(0, 300).await;
         s.spawn_apply();
     }

@@ -13,9 +13,13 @@ async fn mariadb_restarted() {
     mariadb.stop().await;
     s.pause(3_000, 6_000).await;
     mariadb.start().await;
-    eprintln!("mariadb_restart: answering again at {} changes sent", s.workload().sent());
+    eprintln!(
+        "mariadb_restart: answering again at {} changes sent",
+        s.workload().sent()
+    );
     s.assert_alive();
     drop(mariadb);
-    s.wait_log(RETRYING, 1, "the pipeline noticed that MariaDB stopped").await;
+    s.wait_log(RETRYING, 1, "the pipeline noticed that MariaDB stopped")
+        .await;
     s.finish().await;
 }

@@ -12,7 +12,11 @@ impl Rng {
         let seed = std::env::var("WASMCDC_FAULTS_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64));
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
         eprintln!("scenario {name}: seed {seed} (set WASMCDC_FAULTS_SEED to repeat it)");
         Rng::new(seed)
     }
@@ -40,7 +44,9 @@ impl Rng {
     /// `n` points in `low..=high`, ascending, one in each of `n` equal slices of it.
     pub fn spread(&mut self, n: u64, low: u64, high: u64) -> Vec<u64> {
         let width = (high - low + 1) / n;
-        (0..n).map(|i| self.between(low + i * width, low + (i + 1) * width - 1)).collect()
+        (0..n)
+            .map(|i| self.between(low + i * width, low + (i + 1) * width - 1))
+            .collect()
     }
 
     /// `n` distinct points in `low..=high`, ascending.

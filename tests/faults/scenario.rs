@@ -165,7 +165,10 @@ impl Scenario {
 
     /// Fails the test if a pipeline process has exited.
     pub fn assert_alive(&mut self) {
-        for p in [&mut self.run, &mut self.capture, &mut self.apply].into_iter().flatten() {
+        for p in [&mut self.run, &mut self.capture, &mut self.apply]
+            .into_iter()
+            .flatten()
+        {
             p.assert_alive();
         }
     }
@@ -215,7 +218,9 @@ impl Scenario {
             if state == Some((true, true)) {
                 return;
             }
-            deadline.tick(&format!("slot (active, consistent): {state:?}\n{}", self.log_tails())).await;
+            deadline
+                .tick(&format!("slot (active, consistent): {state:?}\n{}", self.log_tails()))
+                .await;
         }
     }
 
@@ -280,19 +285,28 @@ impl Scenario {
         let dlq = format!("wasmcdc.{}.dlq", self.pipeline.slot);
         let dead = broker::queue_depth(&dlq).await;
         assert_eq!(
-            differences, 0,
+            differences,
+            0,
             "scenario {}: source and target differ by {differences} rows (details above)\n{}",
             self.name,
             self.log_tails()
         );
         assert_eq!(
-            dead, 0,
+            dead,
+            0,
             "scenario {}: {dead} messages in {dlq}: a change was refused, for example applied twice\n{}",
             self.name,
             self.log_tails()
         );
-        assert_eq!(in_source, sent.changes, "the source's rows account for other changes than the workload made");
-        assert_eq!(applied, sent.changes, "scenario {}: changes applied differ from changes sent", self.name);
+        assert_eq!(
+            in_source, sent.changes,
+            "the source's rows account for other changes than the workload made"
+        );
+        assert_eq!(
+            applied, sent.changes,
+            "scenario {}: changes applied differ from changes sent",
+            self.name
+        );
         let (status, report) = self.pipeline.verify().await;
         assert!(
             status.success() && report.contains("equal"),
@@ -301,7 +315,10 @@ impl Scenario {
         );
         my.close().await;
 
-        for p in [self.run.take(), self.capture.take(), self.apply.take()].into_iter().flatten() {
+        for p in [self.run.take(), self.capture.take(), self.apply.take()]
+            .into_iter()
+            .flatten()
+        {
             p.stop().await;
         }
     }

@@ -79,13 +79,20 @@ pub struct Rabbit {
 impl Rabbit {
     /// Remembers the memory watermark as it is now.
     pub async fn guard() -> Rabbit {
-        let out = must("rabbitmqctl", &["-q", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]).await;
+        let out = must(
+            "rabbitmqctl",
+            &["-q", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."],
+        )
+        .await;
         let watermark = out.trim().to_owned();
         assert!(
             watermark.parse::<f64>().is_ok(),
             "the memory watermark is {watermark:?}, not a fraction; this test only knows how to restore a fraction"
         );
-        Rabbit { watermark, policy: None }
+        Rabbit {
+            watermark,
+            policy: None,
+        }
     }
 
     /// `rabbitmqctl stop_app`: every connection drops and the broker refuses new ones.
@@ -111,8 +118,15 @@ impl Rabbit {
 
     /// Connection states as RabbitMQ reports them (`running`, `blocking`, `blocked`, ...).
     pub async fn connection_states(&self) -> Vec<String> {
-        let out = must("rabbitmqctl", &["-q", "list_connections", "state", "--no-table-headers"]).await;
-        out.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
+        let out = must(
+            "rabbitmqctl",
+            &["-q", "list_connections", "state", "--no-table-headers"],
+        )
+        .await;
+        out.lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     /// A policy that caps `queue` at `max_length` ready messages and rejects (nacks) publishes beyond.
@@ -122,7 +136,17 @@ impl Rabbit {
         self.policy = Some(name.to_owned());
         must(
             "rabbitmqctl",
-            &["-q", "set_policy", "--apply-to", "queues", "--priority", "100", name, &pattern, &definition],
+            &[
+                "-q",
+                "set_policy",
+                "--apply-to",
+                "queues",
+                "--priority",
+                "100",
+                name,
+                &pattern,
+                &definition,
+            ],
         )
         .await;
     }
@@ -173,7 +197,10 @@ pub struct MariaDb;
 impl MariaDb {
     /// Takes charge of MariaDB; it must be answering now.
     pub fn guard() -> MariaDb {
-        assert!(mariadb_answers(), "MariaDB is not answering before the test; run scripts/services.sh");
+        assert!(
+            mariadb_answers(),
+            "MariaDB is not answering before the test; run scripts/services.sh"
+        );
         MariaDb
     }
 
@@ -188,11 +215,18 @@ impl MariaDb {
 
     /// Starts `mariadbd` and waits until it answers.
     pub async fn start(&self) {
-        must("start-stop-daemon", &["--start", "--oknodo", "--background", "--exec", MARIADBD]).await;
+        must(
+            "start-stop-daemon",
+            &["--start", "--oknodo", "--background", "--exec", MARIADBD],
+        )
+        .await;
         let up = tokio::task::spawn_blocking(|| wait_blocking(secs(60), mariadb_answers))
             .await
             .expect("the wait does not panic");
-        assert!(up, "MariaDB did not answer within 60 s of starting it; see /var/log/mysql/error.log");
+        assert!(
+            up,
+            "MariaDB did not answer within 60 s of starting it; see /var/log/mysql/error.log"
+        );
     }
 }
 
@@ -203,7 +237,10 @@ impl Drop for MariaDb {
         }
         // A shutdown may still be under way; --oknodo would then do nothing.
         wait_blocking(secs(60), || !mariadbd_running());
-        restore("start-stop-daemon", &["--start", "--oknodo", "--background", "--exec", MARIADBD]);
+        restore(
+            "start-stop-daemon",
+            &["--start", "--oknodo", "--background", "--exec", MARIADBD],
+        );
         if !wait_blocking(secs(60), mariadb_answers) {
             eprintln!("restoring: MariaDB does not answer after starting it; see /var/log/mysql/error.log");
         }
@@ -213,15 +250,12 @@ impl Drop for MariaDb {
 // --- PostgreSQL -----------------------------------------------------------------
 
 fn pg_online() -> bool {
-    Command::new("pg_lsclusters")
-        .arg("-h")
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout).lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() > 3 && f[0] == PG_VERSION && f[1] == PG_CLUSTER && f[3].starts_with("online")
-            })
+    Command::new("pg_lsclusters").arg("-h").output().is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout).lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[0] == PG_VERSION && f[1] == PG_CLUSTER && f[3].starts_with("online")
         })
+    })
 }
 
 /// PostgreSQL under test: the guard starts the cluster again if it is down.
@@ -230,7 +264,10 @@ pub struct Postgres;
 impl Postgres {
     /// Takes charge of the cluster; it must be online now.
     pub fn guard() -> Postgres {
-        assert!(pg_online(), "PostgreSQL {PG_VERSION}/{PG_CLUSTER} is not online before the test");
+        assert!(
+            pg_online(),
+            "PostgreSQL {PG_VERSION}/{PG_CLUSTER} is not online before the test"
+        );
         Postgres
     }
 
@@ -247,7 +284,10 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         if !pg_online() {
-            restore("pg_ctlcluster", &["--skip-systemctl-redirect", PG_VERSION, PG_CLUSTER, "start"]);
+            restore(
+                "pg_ctlcluster",
+                &["--skip-systemctl-redirect", PG_VERSION, PG_CLUSTER, "start"],
+            );
         }
     }
 }

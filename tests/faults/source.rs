@@ -32,9 +32,18 @@ async fn walsender_terminated() {
             }
             deadline.tick(&s.log_tails()).await;
         }
-        eprintln!("walsender_kill: walsender {} terminated at {} changes sent", i + 1, s.workload().sent());
+        eprintln!(
+            "walsender_kill: walsender {} terminated at {} changes sent",
+            i + 1,
+            s.workload().sent()
+        );
     }
-    s.wait_log(RETRYING, points.len(), "the pipeline noticed every terminated walsender").await;
+    s.wait_log(
+        RETRYING,
+        points.len(),
+        "the pipeline noticed every terminated walsender",
+    )
+    .await;
     s.finish().await;
 }
 
@@ -50,6 +59,7 @@ async fn postgres_restarted() {
     s.reconnect_source().await;
     s.assert_alive();
     drop(postgres);
-    s.wait_log(RETRYING, 1, "the pipeline noticed that PostgreSQL restarted").await;
+    s.wait_log(RETRYING, 1, "the pipeline noticed that PostgreSQL restarted")
+        .await;
     s.finish().await;
 }

@@ -194,7 +194,10 @@ async fn run(url: String, total: u64, rate: u64, seed: u64, shared: Arc<AtomicU6
                 client = reconnect(&url).await;
                 sent.reconnects += 1;
                 let logged = loop {
-                    match client.query_opt("SELECT changes FROM txlog WHERE tx = $1", &[&tx]).await {
+                    match client
+                        .query_opt("SELECT changes FROM txlog WHERE tx = $1", &[&tx])
+                        .await
+                    {
                         Ok(row) => break row.map(|r| r.get::<_, i32>(0)),
                         Err(_) => {
                             client = reconnect(&url).await;
@@ -224,7 +227,12 @@ async fn run(url: String, total: u64, rate: u64, seed: u64, shared: Arc<AtomicU6
 }
 
 /// Runs `statements` and the txlog row in one transaction; returns the changes it made.
-async fn transaction(client: &mut Client, tx: i64, kind: Kind, statements: &[String]) -> Result<u64, tokio_postgres::Error> {
+async fn transaction(
+    client: &mut Client,
+    tx: i64,
+    kind: Kind,
+    statements: &[String],
+) -> Result<u64, tokio_postgres::Error> {
     let t = client.transaction().await?;
     let mut changes = 0;
     for sql in statements {
@@ -289,7 +297,9 @@ impl Kind {
     /// returns the rows it logged, each standing for two changes.
     fn statements(self, tx: i64, rng: &mut Rng) -> Vec<String> {
         let events = |n: u64| {
-            format!("INSERT INTO events (tx, payload) SELECT {tx}, 'event ' || {tx} || '.' || g FROM generate_series(1, {n}) g")
+            format!(
+                "INSERT INTO events (tx, payload) SELECT {tx}, 'event ' || {tx} || '.' || g FROM generate_series(1, {n}) g"
+            )
         };
         // Between `low` and `high` distinct counters.
         let bumps = |rng: &mut Rng, low: u64, high: u64| {

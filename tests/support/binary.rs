@@ -36,7 +36,10 @@ pub fn repo_root() -> PathBuf {
 /// Where spawned processes write their output: `target/e2e-logs/`.
 pub fn log_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
-    let target = exe.ancestors().nth(3).expect("the test executable lives in target/<profile>/deps");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test executable lives in target/<profile>/deps");
     let dir = target.join("e2e-logs");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
@@ -154,8 +157,13 @@ impl Pipeline {
     pub async fn output_with_input(&self, command: &[&str], input: &str, limit: Duration) -> Output {
         use tokio::io::AsyncWriteExt as _;
         let mut cmd = tokio::process::Command::from(self.command(command));
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start wasmcdc {command:?}: {e}"));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start wasmcdc {command:?}: {e}"));
         let mut stdin = child.stdin.take().expect("stdin is piped");
         // A command that fails early closes its end; what it says matters, not the write.
         let _ = stdin.write_all(input.as_bytes()).await;
@@ -370,7 +378,11 @@ impl Running {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         let from = lines.len().saturating_sub(40);
-        format!("--- last lines of {} ---\n{}", self.log.display(), lines[from..].join("\n"))
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log.display(),
+            lines[from..].join("\n")
+        )
     }
 
     /// Fails the test if the process has exited.
@@ -403,7 +415,11 @@ impl Running {
             if start.elapsed() > secs(30) {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{} did not exit within 30 s of SIGTERM\n{}", self.label, self.log_tail());
+                panic!(
+                    "{} did not exit within 30 s of SIGTERM\n{}",
+                    self.label,
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };

@@ -32,12 +32,18 @@ pub async fn publish_raw(exchange: &str, body: &[u8]) {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to RabbitMQ at {AMQP_URL}: {e}"));
     let channel = connection.create_channel().await.expect("a RabbitMQ channel");
-    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
     let confirm = channel
         .basic_publish(
             exchange.into(),
             "changes".into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             body,
             BasicProperties::default().with_delivery_mode(2),
         )

@@ -24,7 +24,9 @@ impl Cluster {
         let data = cluster.dir.join("data");
         if is_root() {
             // PostgreSQL refuses to run as root: hand the directory to postgres.
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&cluster.dir));
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&cluster.dir));
         }
         run(as_postgres(&format!("{PG_BIN}/initdb"))
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])

@@ -10,7 +10,10 @@ pub type Rows = Vec<Vec<Option<String>>>;
 
 /// Connects to PostgreSQL; the session is in UTC.
 pub async fn pg_connect(url: &str) -> Client {
-    let url = format!("{url}{}options=-c%20TimeZone%3DUTC", if url.contains('?') { "&" } else { "?" });
+    let url = format!(
+        "{url}{}options=-c%20TimeZone%3DUTC",
+        if url.contains('?') { "&" } else { "?" }
+    );
     let (client, connection) = tokio_postgres::connect(&url, NoTls)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}"));

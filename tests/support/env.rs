@@ -12,8 +12,8 @@ use tokio_postgres::Client;
 
 use super::binary::{Pipeline, Running};
 use super::db::{self, Rows};
-use super::wait::Deadline;
 use super::secs;
+use super::wait::Deadline;
 
 /// The PostgreSQL server the tests use, without a database.
 pub const PG_SERVER: &str = "postgres://postgres:postgres@127.0.0.1:5432";
@@ -28,7 +28,12 @@ pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub fn unique(tag: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("e2e_{tag}_{}_{}_{}", std::process::id(), now % 1_000_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "e2e_{tag}_{}_{}_{}",
+        std::process::id(),
+        now % 1_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One test's databases and pipelines.
@@ -157,7 +162,11 @@ impl Env {
         .await;
         my.close().await;
         row.into_iter().next().map(|r| {
-            let lsn = r[0].as_deref().unwrap_or_default().parse().expect("an LSN is a whole number");
+            let lsn = r[0]
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .expect("an LSN is a whole number");
             (lsn, r[1].clone().unwrap_or_default())
         })
     }
@@ -271,11 +280,18 @@ impl Drop for Env {
 async fn cleanup(pg_server: &str, pg_db: &str, pipelines: &[Pipeline]) {
     for p in pipelines {
         if !slot_drop(p) {
-            eprintln!("cleanup: `wasmcdc slot drop --slot {}` failed; dropping the slot directly", p.slot);
+            eprintln!(
+                "cleanup: `wasmcdc slot drop --slot {}` failed; dropping the slot directly",
+                p.slot
+            );
         }
     }
     cleanup_pg(pg_server, pg_db).await;
-    if let Ok(root) = sqlx::mysql::MySqlPoolOptions::new().max_connections(1).connect(MARIADB_ROOT).await {
+    if let Ok(root) = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(MARIADB_ROOT)
+        .await
+    {
         for p in pipelines {
             let name = p.mariadb_url.rsplit('/').next().unwrap_or_default();
             let sql = format!("DROP DATABASE IF EXISTS `{name}`");
@@ -347,7 +363,10 @@ async fn cleanup_pg(pg_server: &str, pg_db: &str) {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)")).await {
+    if let Err(e) = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)"))
+        .await
+    {
         eprintln!("cleanup: cannot drop PostgreSQL database {pg_db}: {e}");
     }
 }

@@ -190,8 +190,7 @@ impl ReplicationClient {
                             "the server offers no SASL mechanism this client supports (SCRAM-SHA-256)".into(),
                         ));
                     }
-                    let mut state =
-                        sasl::ScramSha256::new(password()?.as_bytes(), sasl::ChannelBinding::unsupported());
+                    let mut state = sasl::ScramSha256::new(password()?.as_bytes(), sasl::ChannelBinding::unsupported());
                     frontend::sasl_initial_response(sasl::SCRAM_SHA_256, state.message(), &mut buf)
                         .map_err(|e| self.io(e))?;
                     self.send(&buf).await?;
@@ -263,7 +262,12 @@ impl ReplicationClient {
             .map(|(k, v)| format!("\"{}\" '{}'", k, v.replace('\'', "''")))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = format!("START_REPLICATION SLOT {} LOGICAL {} ({})", quote_ident(slot), from, opts);
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} ({})",
+            quote_ident(slot),
+            from,
+            opts
+        );
         let mut buf = BytesMut::new();
         frontend::query(&sql, &mut buf).map_err(|e| self.io(e))?;
         self.send(&buf).await?;
@@ -385,7 +389,10 @@ impl ReplicationStream {
                             let wal_end = Lsn(data.get_u64());
                             let _time = data.get_i64();
                             let reply_requested = data.get_u8() == 1;
-                            return Ok(Frame::Keepalive { wal_end, reply_requested });
+                            return Ok(Frame::Keepalive {
+                                wal_end,
+                                reply_requested,
+                            });
                         }
                         other => {
                             return Err(ReplicationError::Protocol(format!(
@@ -397,7 +404,9 @@ impl ReplicationStream {
                 }
                 backend::Message::ErrorResponse(e) => return Err(server_error(&e)),
                 backend::Message::CopyDone => {
-                    return Err(ReplicationError::Protocol("the server ended the replication stream".into()));
+                    return Err(ReplicationError::Protocol(
+                        "the server ended the replication stream".into(),
+                    ));
                 }
                 _ => {}
             }

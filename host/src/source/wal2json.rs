@@ -101,7 +101,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 commit_time: line.timestamp.clone().unwrap_or_default(),
             });
         }
-        "C" => return Ok(Event::Commit { commit_lsn: commit_lsn()? }),
+        "C" => {
+            return Ok(Event::Commit {
+                commit_lsn: commit_lsn()?,
+            });
+        }
         "M" => return Ok(Event::Message),
         "I" => Op::Insert,
         "U" => Op::Update,
@@ -208,10 +212,16 @@ mod tests {
         let begin = decode(br#"{"action":"B","xid":731,"timestamp":"2026-11-26 14:59:09.236558+00","lsn":"0/21AF548","nextlsn":"0/21AFAE0"}"#).expect("begin");
         assert_eq!(
             begin,
-            Event::Begin { xid: 731, commit_lsn: "0/21AFAE0".parse().expect("lsn"), commit_time: "2026-11-26 14:59:09.236558+00".into() }
+            Event::Begin {
+                xid: 731,
+                commit_lsn: "0/21AFAE0".parse().expect("lsn"),
+                commit_time: "2026-11-26 14:59:09.236558+00".into()
+            }
         );
         let insert = decode(br#"{"action":"I","xid":731,"lsn":"0/21AF228","schema":"public","table":"itrequests","columns":[{"name":"requestid","type":"integer","typeoid":23,"value":"1"},{"name":"details","type":"character varying(60)","typeoid":1043,"value":"Reset"},{"name":"duedate","type":"date","typeoid":1082,"value":"2026-01-02"},{"name":"fulfilled","type":"boolean","typeoid":16,"value":false},{"name":"b","type":"bytea","typeoid":17,"value":"dead"}],"pk":[{"name":"requestid","type":"integer","typeoid":23}]}"#).expect("insert");
-        let Event::Change(change) = insert else { panic!("not a change") };
+        let Event::Change(change) = insert else {
+            panic!("not a change")
+        };
         assert_eq!(change.op, Op::Insert);
         let values: Vec<_> = change.columns.iter().map(|c| c.value.clone()).collect();
         assert_eq!(
@@ -225,11 +235,15 @@ mod tests {
             ]
         );
         let full = decode(br#"{"action":"D","schema":"public","table":"acct","identity":[{"name":"id","type":"integer","typeoid":23,"value":1},{"name":"ratio","type":"double precision","typeoid":701,"value":0.1}],"pk":[{"name":"id","type":"integer","typeoid":23}]}"#).expect("full");
-        let Event::Change(full) = full else { panic!("not a change") };
+        let Event::Change(full) = full else {
+            panic!("not a change")
+        };
         assert_eq!(full.key.len(), 1, "a FULL identity is narrowed to the primary key");
         assert_eq!(full.key[0].name, "id");
         let delete = decode(br#"{"action":"D","schema":"public","table":"ct","identity":[{"name":"a","type":"integer","typeoid":23,"value":5}]}"#).expect("delete");
-        let Event::Change(change) = delete else { panic!("not a change") };
+        let Event::Change(change) = delete else {
+            panic!("not a change")
+        };
         assert_eq!(change.key[0].value, Value::Int(5));
         assert!(change.columns.is_empty());
         assert!(decode(b"{not json").is_err());

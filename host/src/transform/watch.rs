@@ -37,7 +37,9 @@ impl ChainWatcher {
         // Watch directories, not files: a rename over the file replaces the inode a file watch would follow.
         let dirs: HashSet<&PathBuf> = files.iter().map(|(d, _)| d).collect();
         for dir in dirs {
-            watcher.watch(dir, RecursiveMode::NonRecursive).map_err(|e| watch_error(&e))?;
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(|e| watch_error(&e))?;
         }
         let (chains_tx, chains) = mpsc::channel(1);
         let modules = modules.to_vec();

@@ -50,10 +50,7 @@ impl Guest for FilterRows {
     }
 
     fn transform(change: Change, _ctx: TxContext) -> Result<Vec<Change>, String> {
-        PREDICATE
-            .get()
-            .ok_or("filter-rows was not initialised")?
-            .filter(change)
+        PREDICATE.get().ok_or("filter-rows was not initialised")?.filter(change)
     }
 }
 
@@ -116,9 +113,7 @@ impl Predicate {
             "is-null" => Test::IsNull,
             "not-null" => Test::NotNull,
             other => {
-                return Err(format!(
-                    "op '{other}' is not eq, ne, lt, gt, is-null or not-null"
-                ));
+                return Err(format!("op '{other}' is not eq, ne, lt, gt, is-null or not-null"));
             }
         };
         let value = match (test, value) {
@@ -129,11 +124,7 @@ impl Predicate {
             (_, Some(value)) => value,
             (_, None) => return Err(format!("op {op} needs a value; set value=TEXT")),
         };
-        Ok(Self {
-            column,
-            test,
-            value,
-        })
+        Ok(Self { column, test, value })
     }
 
     /// Keeps, drops or rewrites one change; see the module documentation.
@@ -147,10 +138,7 @@ impl Predicate {
             },
             Op::Update => {
                 let verdict = self.verdict(&change.columns)?;
-                let toasted = change
-                    .columns
-                    .iter()
-                    .any(|c| matches!(c.value, Value::UnchangedToast));
+                let toasted = change.columns.iter().any(|c| matches!(c.value, Value::UnchangedToast));
                 match verdict {
                     Verdict::Unknown if !change.columns.iter().any(|c| c.name == self.column) => {
                         Err(self.missing(&change))
@@ -195,9 +183,8 @@ impl Predicate {
             (_, Test::IsNull) => false,
             (_, Test::NotNull) => true,
             (value, test) => {
-                let order = compare(value, &self.value).map_err(|reason| {
-                    format!("column {} ({}): {reason}", column.name, column.pg_type)
-                })?;
+                let order = compare(value, &self.value)
+                    .map_err(|reason| format!("column {} ({}): {reason}", column.name, column.pg_type))?;
                 match test {
                     Test::Eq => order == Ordering::Equal,
                     Test::Ne => order != Ordering::Equal,
@@ -206,11 +193,7 @@ impl Predicate {
                 }
             }
         };
-        Ok(if matched {
-            Verdict::Match
-        } else {
-            Verdict::NoMatch
-        })
+        Ok(if matched { Verdict::Match } else { Verdict::NoMatch })
     }
 
     fn missing(&self, change: &Change) -> String {
@@ -250,10 +233,7 @@ fn compare(value: &Value, operand: &str) -> Result<Ordering, String> {
         }
         Value::Bytes(bytes) => {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            let other = operand
-                .trim()
-                .trim_start_matches("\\x")
-                .to_ascii_lowercase();
+            let other = operand.trim().trim_start_matches("\\x").to_ascii_lowercase();
             Ok(hex.cmp(&other))
         }
         Value::Text(s)
@@ -271,10 +251,7 @@ mod tests {
     use super::*;
 
     fn predicate(pairs: &[(&str, &str)]) -> Result<Predicate, String> {
-        let config: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let config: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Predicate::parse(&config)
     }
 
@@ -356,19 +333,10 @@ mod tests {
         assert_eq!(compare(&Value::Int(9), "10"), Ok(less));
         assert_eq!(compare(&Value::Int(9), "9.5"), Ok(less));
         assert_eq!(compare(&Value::Float(1.5), "1.5"), Ok(Ordering::Equal));
-        assert_eq!(
-            compare(&Value::Numeric("2.50".into()), "2.5"),
-            Ok(Ordering::Equal)
-        );
+        assert_eq!(compare(&Value::Numeric("2.50".into()), "2.5"), Ok(Ordering::Equal));
         assert_eq!(compare(&Value::Bool(true), "t"), Ok(Ordering::Equal));
-        assert_eq!(
-            compare(&Value::Bytes(vec![0xAB]), "\\xAB"),
-            Ok(Ordering::Equal)
-        );
-        assert_eq!(
-            compare(&Value::Date("2024-01-31".into()), "2024-02-01"),
-            Ok(less)
-        );
+        assert_eq!(compare(&Value::Bytes(vec![0xAB]), "\\xAB"), Ok(Ordering::Equal));
+        assert_eq!(compare(&Value::Date("2024-01-31".into()), "2024-02-01"), Ok(less));
         assert!(compare(&Value::Int(1), "one").is_err());
         assert!(compare(&Value::Bool(true), "yes").is_err());
     }
@@ -391,9 +359,7 @@ mod tests {
         assert!(predicate(&[("column", "a"), ("op", "like"), ("value", "x")]).is_err());
         assert!(predicate(&[("column", "a"), ("op", "eq")]).is_err());
         assert!(predicate(&[("column", "a"), ("op", "is-null"), ("value", "x")]).is_err());
-        assert!(
-            predicate(&[("column", "a"), ("op", "eq"), ("value", "x"), ("extra", "")]).is_err()
-        );
+        assert!(predicate(&[("column", "a"), ("op", "eq"), ("value", "x"), ("extra", "")]).is_err());
         assert_eq!(
             predicate(&[("column", "a"), ("op", "not-null")]),
             Ok(Predicate {

@@ -85,9 +85,9 @@ impl Mask {
                 }
             }
         }
-        let columns = columns.filter(|c| !c.is_empty()).ok_or(
-            "set columns to the comma-separated columns to mask, for example columns=details",
-        )?;
+        let columns = columns
+            .filter(|c| !c.is_empty())
+            .ok_or("set columns to the comma-separated columns to mask, for example columns=details")?;
         let mode = match (mode, length) {
             ("hash", None) => Mode::Hash { length: 64 },
             ("hash", Some(text)) => match text.parse::<usize>() {
@@ -157,10 +157,7 @@ mod tests {
     use wasmcdc::transform::types::{Column, Op};
 
     fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn column(name: &str, value: Value) -> Column {

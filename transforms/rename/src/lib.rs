@@ -71,9 +71,7 @@ impl Renames {
             }
         }
         if renames == Self::default() {
-            return Err(
-                "nothing to rename; set table=NEW, schema=NEW or column.OLD=NEW".to_owned(),
-            );
+            return Err("nothing to rename; set table=NEW, schema=NEW or column.OLD=NEW".to_owned());
         }
         Ok(renames)
     }
@@ -101,10 +99,7 @@ mod tests {
     use wasmcdc::transform::types::{Column, Op, Value};
 
     fn renames(pairs: &[(&str, &str)]) -> Result<Renames, String> {
-        let config: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let config: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Renames::parse(&config)
     }
 
@@ -118,12 +113,7 @@ mod tests {
 
     #[test]
     fn renames_table_schema_and_columns_in_values_and_key() {
-        let r = renames(&[
-            ("table", "requests"),
-            ("schema", "archive"),
-            ("column.requestid", "id"),
-        ])
-        .expect("config");
+        let r = renames(&[("table", "requests"), ("schema", "archive"), ("column.requestid", "id")]).expect("config");
         let out = r.apply(Change {
             op: Op::Update,
             schema: "public".into(),
@@ -131,10 +121,7 @@ mod tests {
             columns: vec![column("requestid"), column("details")],
             key: vec![column("requestid")],
         });
-        assert_eq!(
-            (out.schema.as_str(), out.table.as_str()),
-            ("archive", "requests")
-        );
+        assert_eq!((out.schema.as_str(), out.table.as_str()), ("archive", "requests"));
         let names: Vec<_> = out.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["id", "details"]);
         assert_eq!(out.key[0].name, "id");
