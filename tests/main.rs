@@ -5,6 +5,8 @@
 //! cargo build -p wasmcdc && cargo test -p wasmcdc-tests -- --test-threads=2
 //! ```
 
+// The harness is shared with the fault suite and the benchmarks; each uses part of it.
+#[allow(dead_code)]
 mod support;
 
 mod bad_input;
