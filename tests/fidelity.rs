@@ -36,7 +36,10 @@ CREATE TABLE types (
     arr    integer[],
     m      mood,
     ip     inet,
-    pos    posint
+    pos    posint,
+    iv     interval,
+    net    cidr,
+    n_huge numeric(70,5)
 );
 CREATE TABLE specials (
     id  integer PRIMARY KEY,
@@ -63,20 +66,24 @@ fn type_rows(first: i32) -> String {
    '{{"b": [1, 2.5, {{"c": null}}], "a": "q\"b\\ 😀", "e": "\u00e9"}}',
    '{{"z": 1, "a": [true, false, null], "nested": {{"k": "v\nline"}}}}',
    'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '{{1,NULL,-2147483648,2147483647}}',
-   'it''s "complicated"', '2001:db8::1/64', 2147483647),
+   'it''s "complicated"', '2001:db8::1/64', 2147483647,
+   '1 year 2 mons 3 days 04:05:06.789', '10.0.0.0/8',
+   '12345678901234567890123456789012345678901234567890123456789012345.12345'),
   ({b}, -32768, -2147483648, -9223372036854775808,
    -99999999999999999999999999999999999.999999999999999999999999999999, -99999999.99,
    -0.000000000000000000000000000001,
    '-1.17549435e-38', '2.2250738585072014e-308', false,
    '', '', '', '', '1000-01-01', '00:00:00', '1000-01-01 00:00:00', '1970-01-01 00:00:00.000001+14',
-   'null', '{{}}', '00000000-0000-0000-0000-000000000000', '{{}}', 'sad', '0.0.0.0/0', 1),
+   'null', '{{}}', '00000000-0000-0000-0000-000000000000', '{{}}', 'sad', '0.0.0.0/0', 1,
+   '-1 days -00:00:00.000001', '::/0', -0.00001),
   ({c}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
   ({d}, 0, 0, 0, 0, 0.01, 3.14159265358979323846264338327, 0.1, 0.1, true,
    E'line1\r\nline2 \\n is not a newline, \\t is not a tab', 'trailing spaces   ', 'ab', '\x00',
    '2024-02-29', '24:00:00', '2024-02-29 12:34:56.5', '2024-06-30 23:59:59.999999+02',
    '[1, "two", 3.0e2, {{"x": []}}]', '{{"emoji": "😀", "num": 1.50, "neg": -0}}',
-   'ffffffff-ffff-ffff-ffff-ffffffffffff', '{{{{1,2}},{{3,4}}}}', 'ok', '192.168.0.1/24', 42)"#
+   'ffffffff-ffff-ffff-ffff-ffffffffffff', '{{{{1,2}},{{3,4}}}}', 'ok', '192.168.0.1/24', 42,
+   '00:00:00', '192.168.1.0/24', 0)"#
     )
 }
 
@@ -170,6 +177,11 @@ fn type_columns() -> Vec<Col> {
         plain("m"),
         plain("ip"),
         plain("pos"),
+        // Stored as PostgreSQL prints them.
+        plain("iv"),
+        plain("net"),
+        // Beyond DECIMAL's 65 digits: kept exact as text.
+        plain("n_huge"),
     ]
 }
 
@@ -537,6 +549,45 @@ async fn replica_identity_full_updates_find_their_row_by_key() {
         .await;
     let keys: Vec<_> = rows.iter().map(|r| r[0].clone().unwrap_or_default()).collect();
     assert_eq!(keys, ["1", "20", "30", "40"], "unexpected keys in the target: {rows:?}");
+    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
+    assert_eq!(
+        broker::queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
+    pipeline.assert_verified().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_identity_using_index_finds_rows_by_that_index() {
+    let env = Env::new("idxid").await;
+    env.pg_exec(
+        "CREATE TABLE parts (id integer PRIMARY KEY, code text NOT NULL, qty integer);
+         CREATE UNIQUE INDEX parts_code ON parts (code);
+         ALTER TABLE parts REPLICA IDENTITY USING INDEX parts_code;
+         INSERT INTO parts VALUES (1, 'A-1', 5), (2, 'B-2', 7), (3, 'C-3', NULL);",
+    )
+    .await;
+    let pipeline = env.pipeline().tables("public.parts");
+    let mut running = env.start(&pipeline).await;
+    env.pg_exec("UPDATE parts SET qty = 6 WHERE id = 1").await;
+    // The identity column itself changes: the row is found by its old code.
+    env.pg_exec("UPDATE parts SET code = 'B-2b', qty = 8 WHERE id = 2")
+        .await;
+    env.pg_exec("DELETE FROM parts WHERE id = 3").await;
+    env.pg_exec("INSERT INTO parts VALUES (4, 'D-4', 1)").await;
+    let rows = env
+        .wait_replicated(
+            &pipeline,
+            &mut running,
+            "SELECT id::text, code, qty::text FROM parts",
+            "SELECT CAST(id AS CHAR), code, CAST(qty AS CHAR) FROM parts",
+            secs(60),
+        )
+        .await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
     let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
     assert_eq!(
         broker::queue_depth(&dlq).await,
