@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, Row};
 use tokio_postgres::Client;
 
-use crate::catalog::{TableDef, canonical_exprs, my_ident};
+use crate::catalog::{Canon, TableDef, canonical_exprs, my_ident};
 
 /// How many differing keys to print per table.
 const SHOW: usize = 10;
@@ -66,24 +66,167 @@ impl std::fmt::Display for TableReport {
 
 type Rows = HashMap<Vec<Option<String>>, Vec<Option<String>>>;
 
-/// Compares one table.
-pub async fn compare(pg: &Client, my: &MySqlPool, def: &TableDef) -> Result<TableReport, String> {
-    let key_idx: Vec<usize> = def
-        .primary_key
-        .iter()
-        .filter_map(|k| def.columns.iter().position(|c| &c.name == k))
-        .collect();
-    let mut pg_exprs = Vec::new();
-    let mut my_exprs = Vec::new();
-    let mut canons = Vec::new();
-    for (pg, my, canon) in def.columns.iter().map(canonical_exprs) {
-        pg_exprs.push(pg);
-        my_exprs.push(my);
-        canons.push(canon);
+/// Buckets with differing checksums beyond which one full pass is cheaper than many small ones.
+const MAX_BUCKETS_TO_READ: usize = 256;
+
+/// The SQL that prints each column comparably on both sides, and how to finish each in Rust.
+struct Exprs {
+    pg: Vec<String>,
+    my: Vec<String>,
+    canons: Vec<Canon>,
+    /// Indexes of the key columns.
+    key: Vec<usize>,
+}
+
+impl Exprs {
+    fn of(def: &TableDef) -> Self {
+        let mut e = Exprs {
+            pg: Vec::new(),
+            my: Vec::new(),
+            canons: Vec::new(),
+            key: def
+                .primary_key
+                .iter()
+                .filter_map(|k| def.columns.iter().position(|c| &c.name == k))
+                .collect(),
+        };
+        for (pg, my, canon) in def.columns.iter().map(canonical_exprs) {
+            e.pg.push(pg);
+            e.my.push(my);
+            e.canons.push(canon);
+        }
+        e
     }
-    let pg_sql = format!("SELECT {} FROM {}", pg_exprs.join(", "), def.name.pg_quoted());
+
+    /// PostgreSQL's bucket of a row (from its key) and the row's text, for checksums.
+    fn pg_bucket_and_row(&self) -> (String, String) {
+        let text = |i: usize| {
+            let e = &self.pg[i];
+            // Floats print their exponent as e+308 / e-05 here and e308 / e-5 in MariaDB.
+            let e = if self.canons[i] == Canon::Float {
+                format!("regexp_replace({e}, 'e\\+?(-?)0*([0-9])', 'e\\1\\2')")
+            } else {
+                e.clone()
+            };
+            format!("coalesce({e}, chr(30))")
+        };
+        let join = |idx: &mut dyn Iterator<Item = usize>| idx.map(text).collect::<Vec<_>>().join(", ");
+        (
+            format!(
+                "substr(md5(concat_ws(chr(31), {})), 1, 3)",
+                join(&mut self.key.iter().copied())
+            ),
+            format!("concat_ws(chr(31), {})", join(&mut (0..self.pg.len()))),
+        )
+    }
+
+    /// MariaDB's bucket of a row and the row's text, for checksums.
+    fn my_bucket_and_row(&self) -> (String, String) {
+        let text = |i: usize| format!("COALESCE({}, CHAR(30 USING utf8mb4))", self.my[i]);
+        let join = |idx: &mut dyn Iterator<Item = usize>| idx.map(text).collect::<Vec<_>>().join(", ");
+        (
+            format!(
+                "SUBSTRING(MD5(CONCAT_WS(CHAR(31 USING utf8mb4), {})), 1, 3)",
+                join(&mut self.key.iter().copied())
+            ),
+            format!("CONCAT_WS(CHAR(31 USING utf8mb4), {})", join(&mut (0..self.my.len()))),
+        )
+    }
+}
+
+type Buckets = HashMap<String, (u64, String)>;
+
+/// Row count and checksum per bucket of the key's hash, computed by each server.
+async fn checksums(pg: &Client, my: &MySqlPool, def: &TableDef, e: &Exprs) -> Result<(Buckets, Buckets), String> {
+    let (pb, pr) = e.pg_bucket_and_row();
+    let pg_sql = format!(
+        "SELECT b, count(*)::text, sum(('x' || substr(h, 1, 15))::bit(60)::bigint)::text \
+         FROM (SELECT {pb} AS b, md5({pr}) AS h FROM {}) s GROUP BY b",
+        def.name.pg_quoted()
+    );
+    let mut source = Buckets::new();
+    for msg in pg
+        .simple_query(&pg_sql)
+        .await
+        .map_err(|e| format!("checksumming {} in PostgreSQL: {e}", def.name))?
+    {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = msg {
+            let count = r.get(1).and_then(|c| c.parse().ok()).unwrap_or_default();
+            source.insert(
+                r.get(0).unwrap_or_default().to_owned(),
+                (count, r.get(2).unwrap_or_default().to_owned()),
+            );
+        }
+    }
+    let (mb, mr) = e.my_bucket_and_row();
+    let my_sql = format!(
+        "SELECT b, CAST(COUNT(*) AS CHAR), CAST(SUM(CAST(CONV(SUBSTRING(h, 1, 15), 16, 10) AS UNSIGNED)) AS CHAR) \
+         FROM (SELECT {mb} AS b, MD5({mr}) AS h FROM {}) s GROUP BY b",
+        my_ident(&def.name.target())
+    );
+    let mut target = Buckets::new();
+    for r in sqlx::query(AssertSqlSafe(my_sql))
+        .fetch_all(my)
+        .await
+        .map_err(|e| format!("checksumming {} in MariaDB: {e}", def.name.target()))?
+    {
+        let bucket: String = r.try_get(0).map_err(|e| e.to_string())?;
+        let count: String = r.try_get(1).map_err(|e| e.to_string())?;
+        let sum: String = r.try_get(2).map_err(|e| e.to_string())?;
+        target.insert(bucket, (count.parse().unwrap_or_default(), sum));
+    }
+    Ok((source, target))
+}
+
+/// Compares one table: checksums per bucket of the primary key's hash on each
+/// server, then the rows of only the buckets that differ.
+pub async fn compare(pg: &Client, my: &MySqlPool, def: &TableDef) -> Result<TableReport, String> {
+    let e = Exprs::of(def);
+    let (source, target) = checksums(pg, my, def, &e).await?;
+    let mut differing: Vec<&String> = source
+        .keys()
+        .chain(target.keys())
+        .filter(|b| source.get(*b) != target.get(*b))
+        .collect();
+    differing.sort();
+    differing.dedup();
+    tracing::info!(table = %def.name, buckets = source.len().max(target.len()), differing = differing.len(), "checksums compared");
+    let total = |b: &Buckets| b.values().map(|(n, _)| *n as usize).sum::<usize>();
+    let (source_rows, target_rows) = (total(&source), total(&target));
+    let mut report = if differing.is_empty() {
+        TableReport::default()
+    } else if differing.len() > MAX_BUCKETS_TO_READ {
+        compare_rows(pg, my, def, &e, None).await?
+    } else {
+        let list = differing
+            .iter()
+            .map(|b| format!("'{b}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        compare_rows(pg, my, def, &e, Some(&list)).await?
+    };
+    report.table = def.name.to_string();
+    report.source_rows = source_rows;
+    report.target_rows = target_rows;
+    Ok(report)
+}
+
+/// Reads rows from both sides (all, or those in the listed buckets) and compares them one by one.
+async fn compare_rows(
+    pg: &Client,
+    my: &MySqlPool,
+    def: &TableDef,
+    e: &Exprs,
+    buckets: Option<&str>,
+) -> Result<TableReport, String> {
+    let (pg_exprs, my_exprs, canons, key_idx) = (&e.pg, &e.my, &e.canons, &e.key);
+    let (pb, _) = e.pg_bucket_and_row();
+    let (mb, _) = e.my_bucket_and_row();
+    let pg_where = buckets.map(|l| format!(" WHERE {pb} IN ({l})")).unwrap_or_default();
+    let my_where = buckets.map(|l| format!(" WHERE {mb} IN ({l})")).unwrap_or_default();
+    let pg_sql = format!("SELECT {} FROM {}{pg_where}", pg_exprs.join(", "), def.name.pg_quoted());
     let split = |row: Vec<Option<String>>| -> (Vec<Option<String>>, Vec<Option<String>>) {
-        let row: Vec<Option<String>> = row.into_iter().zip(&canons).map(|(v, c)| c.finish(v)).collect();
+        let row: Vec<Option<String>> = row.into_iter().zip(canons).map(|(v, c)| c.finish(v)).collect();
         (key_idx.iter().map(|&i| row[i].clone()).collect(), row)
     };
     let mut source: Rows = HashMap::new();
@@ -98,7 +241,11 @@ pub async fn compare(pg: &Client, my: &MySqlPool, def: &TableDef) -> Result<Tabl
             source.insert(k, v);
         }
     }
-    let my_sql = format!("SELECT {} FROM {}", my_exprs.join(", "), my_ident(&def.name.target()));
+    let my_sql = format!(
+        "SELECT {} FROM {}{my_where}",
+        my_exprs.join(", "),
+        my_ident(&def.name.target())
+    );
     let mut target: Rows = HashMap::new();
     let mut stream = sqlx::query(AssertSqlSafe(my_sql)).fetch(my);
     while let Some(r) = stream
