@@ -1,6 +1,6 @@
 //! Stopping and restarting the pipeline loses nothing and applies nothing twice.
 
-use crate::support::{Deadline, Env, Pipeline, broker, db, secs};
+use crate::support::{Deadline, Env, Pipeline, broker, secs};
 
 const TABLE: &str = "CREATE TABLE events (
     id          SERIAL PRIMARY KEY,
@@ -103,22 +103,6 @@ async fn restart_applies_every_change_exactly_once() {
 
 /// The offsets row's LSN and the slot's `confirmed_flush_lsn`, as numbers.
 async fn offsets(env: &Env, pipeline: &Pipeline) -> (Option<u64>, Option<u64>) {
-    let my = env.my(pipeline).await;
-    let offset = db::my_u64(
-        &my,
-        &format!("SELECT lsn FROM wasmcdc_offsets WHERE pipeline = '{}'", pipeline.slot),
-    )
-    .await;
-    my.close().await;
-    let confirmed = env
-        .pg
-        .query_opt(
-            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&pipeline.slot],
-        )
-        .await
-        .expect("pg_replication_slots is readable")
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .map(|s| s.parse::<u64>().expect("an LSN is a whole number"));
-    (offset, confirmed)
+    let offset = env.offsets_row(pipeline).await.map(|(lsn, _)| lsn);
+    (offset, env.confirmed_flush_lsn(pipeline).await)
 }
