@@ -459,17 +459,22 @@ async fn status(settings: &Settings) -> Result<(), Error> {
     println!("source: {}", mask_url(&settings.pg_url));
     let lag = pg
         .query_opt(
-            "SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active, coalesce(wal_status, '') \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT s.confirmed_flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
+                    s.active, coalesce(s.wal_status, ''), \
+                    coalesce(round(extract(epoch FROM r.flush_lag)::numeric, 3)::text || ' s', 'none measured') \
+             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
             &[&settings.slot],
         )
         .await
         .map_err(SourceError::from)?;
     match lag {
+        // flush_lag: how long the server has recently waited for the pipeline to confirm what it sent.
         Some(r) => println!(
-            "slot: confirmed {} , lag {} bytes, {}, wal_status {}",
+            "slot: confirmed {}, lag {} bytes, time lag {}, {}, wal_status {}",
             r.get::<_, Option<String>>(0).unwrap_or_default(),
             r.get::<_, Option<i64>>(1).unwrap_or_default(),
+            r.get::<_, String>(4),
             if r.get::<_, bool>(2) { "active" } else { "inactive" },
             r.get::<_, String>(3)
         ),
