@@ -598,3 +598,36 @@ async fn replica_identity_using_index_finds_rows_by_that_index() {
     pipeline.assert_verified().await;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_key_replicates_with_replica_identity_full() {
+    let env = Env::new("nokey").await;
+    env.pg_exec(
+        "CREATE TABLE readings (sensor text NOT NULL, value double precision, note text);
+         ALTER TABLE readings REPLICA IDENTITY FULL;
+         INSERT INTO readings VALUES ('a', 0.1, NULL), ('a', 0.1, NULL), ('b', NULL, 'x');",
+    )
+    .await;
+    let pipeline = env.pipeline().tables("public.readings");
+    let mut running = env.start(&pipeline).await;
+    // One of two identical rows changes; NULLs and floats identify rows too.
+    env.pg_exec("UPDATE readings SET note = 'first' WHERE ctid = (SELECT min(ctid) FROM readings WHERE sensor = 'a')")
+        .await;
+    env.pg_exec("UPDATE readings SET value = 2.5 WHERE sensor = 'b'").await;
+    env.pg_exec("INSERT INTO readings VALUES ('c', 1e-300, 'tiny'), ('c', 1e-300, 'tiny')").await;
+    env.pg_exec("DELETE FROM readings WHERE ctid = (SELECT min(ctid) FROM readings WHERE sensor = 'c')").await;
+    let rows = env
+        .wait_replicated(
+            &pipeline,
+            &mut running,
+            "SELECT sensor, value::text, note FROM readings",
+            "SELECT sensor, CAST(value AS CHAR), note FROM readings",
+            secs(60),
+        )
+        .await;
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
+    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    pipeline.assert_verified().await;
+    running.stop().await;
+}

@@ -719,11 +719,13 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
         .iter()
         .filter(|c| c.value != Value::UnchangedToast)
         .collect();
+    // Null-safe equality: a FULL identity may hold NULLs. LIMIT 1: without a primary key,
+    // identical rows are interchangeable, and the source changed exactly one of them.
     let key_clause = || {
         change
             .key
             .iter()
-            .map(|k| format!("{} = ?", my_ident(&k.name)))
+            .map(|k| format!("{} <=> ?", my_ident(&k.name)))
             .collect::<Vec<_>>()
             .join(" AND ")
     };
@@ -731,7 +733,7 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
         Op::Insert => return insert_rows(tx, std::slice::from_ref(change)).await,
         Op::Update => (
             format!(
-                "UPDATE {table} SET {} WHERE {}",
+                "UPDATE {table} SET {} WHERE {} LIMIT 1",
                 present
                     .iter()
                     .map(|c| format!("{} = ?", my_ident(&c.name)))
@@ -742,7 +744,7 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
             present.iter().copied().chain(change.key.iter()).collect(),
         ),
         Op::Delete => (
-            format!("DELETE FROM {table} WHERE {}", key_clause()),
+            format!("DELETE FROM {table} WHERE {} LIMIT 1", key_clause()),
             change.key.iter().collect(),
         ),
         // TRUNCATE would commit the surrounding transaction in MariaDB.

@@ -107,6 +107,17 @@ pub struct TableDef {
     pub primary_key: Vec<String>,
 }
 
+impl TableDef {
+    /// The columns that tell rows apart: the primary key, or every column when there is none.
+    pub fn row_key(&self) -> Vec<String> {
+        if self.primary_key.is_empty() {
+            self.columns.iter().map(|c| c.name.clone()).collect()
+        } else {
+            self.primary_key.clone()
+        }
+    }
+}
+
 /// Reads a table's definition, refusing tables whose updates and deletes
 /// wal2json could not describe.
 pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, SourceError> {
@@ -157,7 +168,7 @@ pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, Source
         "f" | "i" => true,
         _ => false,
     };
-    if !identifiable || primary_key.is_empty() {
+    if !identifiable {
         return Err(SourceError::NoKey(table.clone()));
     }
     Ok(TableDef {
@@ -238,14 +249,17 @@ pub fn create_table_sql(def: &TableDef) -> String {
             format!("{} {}{}", my_ident(&c.name), mariadb_type(&c.pg_type, is_key), null)
         })
         .collect();
-    cols.push(format!(
-        "PRIMARY KEY ({})",
-        def.primary_key
-            .iter()
-            .map(|k| my_ident(k))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
+    // Without a primary key (REPLICA IDENTITY FULL), rows are found by all their old values.
+    if !def.primary_key.is_empty() {
+        cols.push(format!(
+            "PRIMARY KEY ({})",
+            def.primary_key
+                .iter()
+                .map(|k| my_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     format!(
         "CREATE TABLE IF NOT EXISTS {} (\n  {}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
         my_ident(&def.name.target()),

@@ -59,7 +59,7 @@ pub enum SourceError {
     NoSuchTable(TableName),
     /// A table without a primary key.
     #[error(
-        "table {0} has no primary key, so its updates and deletes cannot be matched in MariaDB; add one (ALTER TABLE {0} ADD PRIMARY KEY (...))"
+        "table {0} has no primary key and its replica identity is not FULL, so wal2json cannot describe its updates and deletes; add a primary key, or run ALTER TABLE {0} REPLICA IDENTITY FULL"
     )]
     NoKey(TableName),
     /// The slot is unusable or has run ahead of the target.

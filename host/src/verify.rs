@@ -32,7 +32,11 @@ pub struct TableReport {
 impl TableReport {
     /// Whether source and target hold the same rows.
     pub fn equal(&self) -> bool {
-        self.missing.is_empty() && self.extra.is_empty() && self.different.is_empty()
+        // Counts too: without a primary key, duplicate rows share a key.
+        self.source_rows == self.target_rows
+            && self.missing.is_empty()
+            && self.extra.is_empty()
+            && self.different.is_empty()
     }
 }
 
@@ -85,7 +89,7 @@ impl Exprs {
             my: Vec::new(),
             canons: Vec::new(),
             key: def
-                .primary_key
+                .row_key()
                 .iter()
                 .filter_map(|k| def.columns.iter().position(|c| &c.name == k))
                 .collect(),
@@ -261,7 +265,7 @@ async fn compare_rows(
         target.insert(k, v);
     }
     let show = |k: &Vec<Option<String>>| {
-        def.primary_key
+        def.row_key()
             .iter()
             .zip(k)
             .map(|(n, v)| format!("{n}={}", v.as_deref().unwrap_or("NULL")))
