@@ -395,13 +395,7 @@ async fn every_mapped_type_round_trips_through_copy_and_stream() {
         problems.join("\n")
     );
 
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
     // `verify` agrees that these faithfully copied values are equal.
     pipeline.tables("public.types").assert_verified().await;
     running.stop().await;
@@ -455,13 +449,7 @@ async fn an_unchanged_toasted_value_survives_an_update_of_another_column() {
             (Some("11".into()), Some("both".into()))
         ]
     );
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
     pipeline.assert_verified().await;
     running.stop().await;
 }
@@ -506,13 +494,7 @@ async fn truncate_empties_the_target_and_later_inserts_arrive() {
         secs(60),
     )
     .await;
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
     pipeline.assert_verified().await;
     running.stop().await;
 }
@@ -549,13 +531,7 @@ async fn replica_identity_full_updates_find_their_row_by_key() {
         .await;
     let keys: Vec<_> = rows.iter().map(|r| r[0].clone().unwrap_or_default()).collect();
     assert_eq!(keys, ["1", "20", "30", "40"], "unexpected keys in the target: {rows:?}");
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
     pipeline.assert_verified().await;
     running.stop().await;
 }
@@ -588,13 +564,7 @@ async fn replica_identity_using_index_finds_rows_by_that_index() {
         )
         .await;
     assert_eq!(rows.len(), 3, "{rows:?}");
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
     pipeline.assert_verified().await;
     running.stop().await;
 }
@@ -614,8 +584,10 @@ async fn a_table_without_a_key_replicates_with_replica_identity_full() {
     env.pg_exec("UPDATE readings SET note = 'first' WHERE ctid = (SELECT min(ctid) FROM readings WHERE sensor = 'a')")
         .await;
     env.pg_exec("UPDATE readings SET value = 2.5 WHERE sensor = 'b'").await;
-    env.pg_exec("INSERT INTO readings VALUES ('c', 1e-300, 'tiny'), ('c', 1e-300, 'tiny')").await;
-    env.pg_exec("DELETE FROM readings WHERE ctid = (SELECT min(ctid) FROM readings WHERE sensor = 'c')").await;
+    env.pg_exec("INSERT INTO readings VALUES ('c', 1e-300, 'tiny'), ('c', 1e-300, 'tiny')")
+        .await;
+    env.pg_exec("DELETE FROM readings WHERE ctid = (SELECT min(ctid) FROM readings WHERE sensor = 'c')")
+        .await;
     let rows = env
         .wait_replicated(
             &pipeline,
@@ -626,8 +598,7 @@ async fn a_table_without_a_key_replicates_with_replica_identity_full() {
         )
         .await;
     assert_eq!(rows.len(), 4, "{rows:?}");
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(broker::queue_depth(&dlq).await, 0, "dead letters in {dlq}\n{}", running.log_tail());
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
     pipeline.assert_verified().await;
     running.stop().await;
 }

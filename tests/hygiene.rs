@@ -116,13 +116,7 @@ async fn unrelated_writes_never_hold_back_the_slot() {
     .await;
     assert_eq!(tables, vec![row(&[Some("wasmcdc_offsets")]), row(&[Some("watched")])]);
     my.close().await;
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
 
     running.stop().await;
     let queue = format!("wasmcdc.{}", pipeline.slot);

@@ -68,13 +68,7 @@ async fn restart_applies_every_change_exactly_once() {
         .await;
     assert!(rows.len() > 250, "too few rows to prove anything: {}", rows.len());
 
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
 
     // Once drained, the applied offset is exactly the slot's confirmed position.
     let deadline = Deadline::new("the applied offset to equal the slot's confirmed_flush_lsn", secs(60));

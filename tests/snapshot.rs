@@ -131,13 +131,7 @@ async fn existing_rows_are_copied_and_the_seam_loses_and_doubles_nothing() {
         "the run logged {progress} initial copy progress lines\n{}",
         running.log_tail()
     );
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
     let (_, state) = env
         .offsets_row(&pipeline)
         .await
@@ -208,13 +202,7 @@ async fn a_copy_interrupted_by_a_crash_is_redone() {
         .await
         .expect("the pipeline has an offsets row");
     assert_eq!(state, "streaming", "the offsets row's state after the redone copy");
-    let dlq = format!("wasmcdc.{}.dlq", pipeline.slot);
-    assert_eq!(
-        broker::queue_depth(&dlq).await,
-        0,
-        "dead letters in {dlq}\n{}",
-        running.log_tail()
-    );
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
     my.close().await;
     running.stop().await;
 }

@@ -54,3 +54,14 @@ pub async fn publish_raw(exchange: &str, body: &[u8]) {
     assert!(confirm.is_ack(), "RabbitMQ did not accept the message");
     let _ = connection.close(200, "done".into()).await;
 }
+
+/// Fails the test, with the run's last log lines, if `slot`'s dead-letter queue holds anything.
+pub async fn assert_no_dead_letters(slot: &str, running: &super::binary::Running) {
+    let dlq = format!("wasmcdc.{slot}.dlq");
+    assert_eq!(
+        queue_depth(&dlq).await,
+        0,
+        "dead letters in {dlq}\n{}",
+        running.log_tail()
+    );
+}
