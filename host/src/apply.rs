@@ -94,7 +94,9 @@ pub async fn connect(url: &str) -> Result<MySqlPool, ApplyError> {
     drop(first);
     Ok(MySqlPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(30))
+        // A connection that cannot be had within 3 s means MariaDB is down: fail, so the
+        // supervisor says so at warn and retries with backoff, instead of waiting silently.
+        .acquire_timeout(Duration::from_secs(3))
         .connect_lazy_with(options))
 }
 
