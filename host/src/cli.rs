@@ -9,11 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyError, ApplyOptions, Progress};
-use crate::capture::{self, CaptureError, CaptureOptions, Transforms};
+use crate::queue::capture::{self, CaptureError, CaptureOptions, Transforms};
 use crate::catalog::TableName;
 use crate::config::{ConfigError, Overrides, Settings, mask_url};
 use crate::queue::{Broker, QueueError};
-use crate::snapshot::{self, SnapshotError};
+use crate::source::snapshot::{self, SnapshotError};
 use crate::source::{self, PgTarget, SourceError};
 use crate::transform::watch::ChainWatcher;
 use crate::transform::{TransformChain, TransformError, guest_code};

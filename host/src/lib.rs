@@ -2,13 +2,11 @@
 //! WebAssembly transforms. The modules follow the data's path.
 
 pub mod apply;
-pub mod capture;
 pub mod catalog;
 pub mod change;
 pub mod cli;
 pub mod config;
 pub mod queue;
-pub mod snapshot;
 pub mod source;
 pub mod transform;
 pub mod verify;

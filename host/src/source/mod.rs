@@ -2,6 +2,7 @@
 //! replication protocol and decoded from wal2json format-version 2.
 
 pub mod replication;
+pub mod snapshot;
 pub mod wal2json;
 
 use std::path::PathBuf;

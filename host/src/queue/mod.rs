@@ -7,6 +7,8 @@
 //! queues with at-least-once dead-lettering, so a message that exceeds the
 //! delivery limit is moved, never dropped.
 
+pub mod capture;
+
 use std::time::Duration;
 
 use lapin::options::{

@@ -15,7 +15,7 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyError};
-use crate::capture::transform_change;
+use crate::queue::capture::transform_change;
 use crate::catalog::{TableDef, pg_ident};
 use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
 use crate::queue::{Broker, QueueError};
