@@ -156,8 +156,13 @@ pub struct Transaction {
     pub changes: Vec<Change>,
 }
 
-/// The version of the message body format. Bumped on any incompatible change.
-pub const MESSAGE_FORMAT: u32 = 1;
+/// The version of the message body format written. Bumped on any incompatible change.
+///
+/// Version 2 added `prev_lsn`; version 1 messages (without it) are still read.
+pub const MESSAGE_FORMAT: u32 = 2;
+
+/// The oldest message body format still read.
+pub const OLDEST_MESSAGE_FORMAT: u32 = 1;
 
 /// Position of a message within a source transaction too large for one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +181,11 @@ pub struct Message {
     pub format: u32,
     /// The pipeline (slot) name that produced it.
     pub pipeline: String,
+    /// The stream position before this message: the `last_lsn` of the message
+    /// that precedes it. The apply applies it only once its offset has reached
+    /// this position, so a message past a gap is never applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_lsn: Option<Lsn>,
     /// Commit LSN of the first transaction carried.
     pub first_lsn: Lsn,
     /// Commit LSN of the last transaction carried; the apply offset moves to it.
@@ -201,6 +211,7 @@ impl Message {
         Message {
             format: MESSAGE_FORMAT,
             pipeline: pipeline.to_owned(),
+            prev_lsn: None,
             first_lsn: transactions.first().map_or(last_lsn, |t| t.context.commit_lsn),
             last_lsn,
             xids: transactions.iter().map(|t| t.context.xid).collect(),
@@ -214,6 +225,32 @@ impl Message {
     /// Number of changes carried.
     pub fn change_count(&self) -> usize {
         self.transactions.iter().map(|t| t.changes.len()).sum()
+    }
+}
+
+impl Change {
+    /// About how many bytes this change takes in a JSON message body, erring high,
+    /// so that messages and statements can be bounded by size before they are built.
+    pub fn approx_bytes(&self) -> usize {
+        let column = |c: &Column| c.name.len() + c.pg_type.len() + c.value.approx_bytes() + 48;
+        64 + self.schema.len() + self.table.len() + self.columns.iter().chain(&self.key).map(column).sum::<usize>()
+    }
+}
+
+impl Value {
+    /// About how many bytes the value takes in JSON: text may need escaping, bytes are hex.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Value::Null | Value::UnchangedToast | Value::Bool(_) | Value::Int(_) | Value::Float(_) => 24,
+            Value::Bytes(b) => 2 * b.len() + 2,
+            Value::Numeric(s)
+            | Value::Text(s)
+            | Value::Json(s)
+            | Value::Date(s)
+            | Value::Time(s)
+            | Value::Timestamp(s)
+            | Value::Timestamptz(s) => s.len() + s.len() / 4 + 2,
+        }
     }
 }
 

@@ -387,7 +387,7 @@ async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Re
         r
     };
     let apply = async {
-        let r = apply::run(&settings.slot, &consumer, &pool, &apply_opts, stop.clone()).await;
+        let r = apply::run(&settings.slot, &consumer, &pool, &target, &apply_opts, stop.clone()).await;
         stop.cancel();
         r
     };
@@ -422,14 +422,14 @@ async fn capture_only(settings: &Settings, shutdown: CancellationToken, up: Up<'
 }
 
 async fn apply_only(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
-    let (_, pg, defs) = source_tables(settings).await?;
+    let (target, pg, defs) = source_tables(settings).await?;
     drop(pg);
     let pool = apply::connect(&settings.mariadb_url).await?;
     apply::prepare(&pool, &defs).await?;
     let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
     broker.declare().await?;
     up.store(true, Ordering::Relaxed);
-    let result = apply::run(&settings.slot, &broker, &pool, &ApplyOptions::default(), shutdown).await;
+    let result = apply::run(&settings.slot, &broker, &pool, &target, &ApplyOptions::default(), shutdown).await;
     broker.close().await;
     Ok(result?)
 }
@@ -631,6 +631,12 @@ fn replayable(
         .map_err(|_| "it is not a change message (undecodable source output cannot be replayed)".to_owned())?;
     if message.pipeline != pipeline {
         return Err(format!("it belongs to pipeline '{}'", message.pipeline));
+    }
+    if let Some(chunk) = message.chunk {
+        return Err(format!(
+            "it is chunk {} of a large transaction; applied alone it would apply part of that transaction, so fix the cause and re-copy the affected tables instead",
+            chunk.index
+        ));
     }
     if dead.stage == "transform" {
         for tx in &mut message.transactions {

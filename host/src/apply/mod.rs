@@ -2,25 +2,38 @@
 //!
 //! Consecutive source transactions are grouped into one MariaDB transaction
 //! that also moves the pipeline's row in the offsets table; deliveries are
-//! acknowledged only after that transaction commits. A message at or below
-//! the recorded offset is skipped, so redeliveries have no effect: at-least-once
-//! delivery with an exactly-once effect.
+//! acknowledged only after that transaction commits. What to apply, skip,
+//! stage or refuse is decided by the [`assembler`]: transactions at or below
+//! the offset are skipped one by one, a message past a gap is never applied,
+//! and large transactions are staged chunk by chunk ([`staging`]). The result
+//! is at-least-once delivery with an exactly-once effect.
+//!
+//! Errors are classified: a lock wait, a deadlock, a killed query or a lost
+//! connection is retried in place with backoff and never dead-lettered; only an
+//! error caused by the data sends its source transaction to the dead-letter queue.
 
-use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+pub mod assembler;
+pub mod offsets;
+mod sql;
+pub mod staging;
+
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, Connection, MySql, MySqlConnection, Row};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{TableDef, my_ident, target_table};
-use crate::change::{Change, Column, Lsn, MESSAGE_FORMAT, Message, Op, Transaction, TxContext, Value};
+use self::assembler::{Assembler, Step};
+use self::sql::{KnownColumns, add_new_columns, apply_changes, statement_bytes};
+use crate::catalog::TableDef;
+use crate::change::{Change, Lsn, MESSAGE_FORMAT, Message, OLDEST_MESSAGE_FORMAT, Transaction, TxContext};
 use crate::queue::{Broker, DeadLetter, QueueError};
+use crate::source::PgTarget;
 
-/// The table that records, per pipeline, the last applied commit LSN.
-pub const OFFSETS_TABLE: &str = "wasmcdc_offsets";
+pub use self::offsets::{
+    OFFSETS_TABLE, OffsetsRow, Progress, applied_offset, begin_copy, forget_offset, offsets_row, progress, set_offset,
+};
 
 /// Why the apply stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +61,15 @@ pub enum ApplyError {
         /// The server's message.
         reason: String,
     },
+    /// A shutdown came while a write was being retried; nothing was acknowledged.
+    #[error("stopped while waiting for MariaDB")]
+    Stopped,
     /// A statement failed for a reason that retrying the data will not fix.
     #[error("MariaDB error: {0}")]
     Database(String),
+    /// The queue lost transactions that the slot will not send again; never retried.
+    #[error("{0}")]
+    Gap(String),
     /// The broker failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -59,20 +78,27 @@ pub enum ApplyError {
 /// Tuning for the apply loop.
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
-    /// Unacknowledged messages RabbitMQ may hand over at once.
+    /// Unacknowledged messages RabbitMQ may hand over at once; with the capture's
+    /// message size, this bounds the memory the apply holds.
     pub prefetch: u16,
     /// Commit once a group holds this many changes.
     pub group_changes: usize,
+    /// Commit once a group's messages hold this many bytes.
+    pub group_bytes: usize,
     /// Commit once no message has arrived for this long.
     pub linger: Duration,
+    /// While the stream has a gap, how long the queue must stay quiet before the slot is consulted.
+    pub gap_quiet: Duration,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
-            prefetch: 512,
+            prefetch: 256,
             group_changes: 5_000,
+            group_bytes: 32 * 1024 * 1024,
             linger: Duration::from_millis(20),
+            gap_quiet: Duration::from_secs(2),
         }
     }
 }
@@ -115,104 +141,13 @@ fn connect_error(url: &str, e: sqlx::Error) -> ApplyError {
     }
 }
 
-/// Creates the offsets table and any missing target table.
+/// Creates the offsets and staging tables and any missing target table.
 pub async fn prepare(pool: &MySqlPool, defs: &[TableDef]) -> Result<(), ApplyError> {
-    let create_offsets = format!(
-        "CREATE TABLE IF NOT EXISTS {} (\
-           pipeline VARCHAR(63) NOT NULL PRIMARY KEY, \
-           lsn BIGINT UNSIGNED NOT NULL, \
-           lsn_text VARCHAR(20) NOT NULL, \
-           state VARCHAR(16) NOT NULL DEFAULT 'streaming', \
-           transforms VARCHAR(2048) NOT NULL DEFAULT '', \
-           updated_at DATETIME(6) NOT NULL\
-         ) ENGINE=InnoDB",
-        my_ident(OFFSETS_TABLE)
-    );
-    sqlx::query(AssertSqlSafe(create_offsets))
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
-    // Offsets tables made by earlier versions lack the later columns.
-    for column in [
-        "state VARCHAR(16) NOT NULL DEFAULT 'streaming' AFTER lsn_text",
-        "transforms VARCHAR(2048) NOT NULL DEFAULT '' AFTER state",
-    ] {
-        let alter = format!(
-            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {column}",
-            my_ident(OFFSETS_TABLE)
-        );
-        sqlx::query(AssertSqlSafe(alter))
-            .execute(pool)
-            .await
-            .map_err(db_error)?;
-    }
+    offsets::create(pool).await?;
+    staging::create(pool).await?;
     for def in defs {
         let sql = crate::catalog::create_table_sql(def);
         sqlx::query(AssertSqlSafe(sql)).execute(pool).await.map_err(db_error)?;
-    }
-    Ok(())
-}
-
-/// Where a pipeline's target stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// The initial copy started and has not finished.
-    Copying,
-    /// Consistent with the source up to this commit LSN.
-    Applied(Lsn),
-}
-
-/// A pipeline's row in the offsets table.
-#[derive(Clone, Debug)]
-pub struct OffsetsRow {
-    /// Where the target stands.
-    pub progress: Progress,
-    /// Transform module hashes (comma-separated) of the last applied message.
-    pub transforms: String,
-}
-
-/// `pipeline`'s row in the offsets table, if it has one.
-pub async fn offsets_row(pool: &MySqlPool, pipeline: &str) -> Result<Option<OffsetsRow>, ApplyError> {
-    let sql = format!(
-        "SELECT lsn, state, transforms FROM {} WHERE pipeline = ?",
-        my_ident(OFFSETS_TABLE)
-    );
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(pipeline)
-        .fetch_optional(pool)
-        .await
-        .map_err(db_error)?;
-    Ok(row.map(|r| OffsetsRow {
-        progress: match r.get::<String, _>(1).as_str() {
-            "copying" => Progress::Copying,
-            _ => Progress::Applied(Lsn(r.get::<u64, _>(0))),
-        },
-        transforms: r.get(2),
-    }))
-}
-
-/// Where `pipeline`'s target stands, if it has a row in the offsets table.
-pub async fn progress(pool: &MySqlPool, pipeline: &str) -> Result<Option<Progress>, ApplyError> {
-    Ok(offsets_row(pool, pipeline).await?.map(|r| r.progress))
-}
-
-/// The last applied commit LSN of `pipeline`, if it has applied anything.
-pub async fn applied_offset(pool: &MySqlPool, pipeline: &str) -> Result<Option<Lsn>, ApplyError> {
-    Ok(match progress(pool, pipeline).await? {
-        Some(Progress::Applied(lsn)) => Some(lsn),
-        _ => None,
-    })
-}
-
-/// Marks the start of the initial copy and empties the target tables, so a copy
-/// interrupted by a crash is recognised and redone from the start.
-pub async fn begin_copy(pool: &MySqlPool, pipeline: &str, targets: &[String]) -> Result<(), ApplyError> {
-    set_progress(pool, pipeline, Lsn(0), "copying").await?;
-    for table in targets {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", my_ident(table))))
-            .execute(pool)
-            .await
-            .map_err(db_error)?;
     }
     Ok(())
 }
@@ -227,22 +162,23 @@ pub async fn write_rows(
     context: &TxContext,
     rows: &[Change],
 ) -> Result<(), ApplyError> {
-    async fn write(pool: &MySqlPool, rows: &[Change]) -> Result<(), sqlx::Error> {
+    let max_bytes = statement_bytes(pool).await;
+    let write = async |rows: &[Change]| -> Result<(), sqlx::Error> {
         let mut tx = pool.begin().await?;
-        apply_changes(&mut tx, rows).await?;
+        apply_changes(&mut tx, rows, max_bytes).await?;
         tx.commit().await
-    }
-    match write(pool, rows).await {
+    };
+    match write(rows).await {
         Ok(()) => return Ok(()),
-        Err(e) if is_data_error(&e) => {
+        Err(e) if !is_transient(&e) => {
             tracing::warn!(error = %e, "MariaDB refused a batch of copied rows; writing them one by one")
         }
         Err(e) => return Err(db_error(e)),
     }
     for row in rows {
-        match write(pool, std::slice::from_ref(row)).await {
+        match write(std::slice::from_ref(row)).await {
             Ok(()) => {}
-            Err(e) if is_data_error(&e) => {
+            Err(e) if !is_transient(&e) => {
                 let table = row.qualified_table();
                 tracing::error!(%table, error = %e, "MariaDB refused a copied row; it goes to the dead-letter queue");
                 let transaction = Transaction {
@@ -264,203 +200,214 @@ pub async fn write_rows(
     Ok(())
 }
 
-/// Forgets `pipeline`'s offset.
-pub async fn forget_offset(pool: &MySqlPool, pipeline: &str) -> Result<(), ApplyError> {
-    let sql = format!("DELETE FROM {} WHERE pipeline = ?", my_ident(OFFSETS_TABLE));
-    match sqlx::query(AssertSqlSafe(sql)).bind(pipeline).execute(pool).await {
-        Ok(_) => Ok(()),
-        // No offsets table: nothing to forget.
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42S02") => Ok(()),
-        Err(e) => Err(db_error(e)),
-    }
-}
-
 fn db_error(e: sqlx::Error) -> ApplyError {
     ApplyError::Database(e.to_string())
 }
 
-/// Whether a failure is about the data (dead-letter it) rather than the connection (stop and retry).
-fn is_data_error(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Database(_) | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) | sqlx::Error::Protocol(_)
-    )
+/// MariaDB errors that say nothing about the data: waiting and trying again will succeed.
+const TRANSIENT_CODES: &[u16] = &[
+    1040, // too many connections
+    1053, // server shutdown in progress
+    1152, // aborted connection
+    1158, 1159, 1160, 1161, // network read or write failed or timed out
+    1205, // lock wait timeout
+    1213, // deadlock
+    1290, 1836, // read-only server
+    1317, // query interrupted (KILL QUERY)
+    1927, // connection killed
+    4031, // disconnected for inactivity
+];
+
+/// Whether a failure is passing (retry it, never dead-letter it) rather than caused by the data.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|my| TRANSIENT_CODES.contains(&my.number())),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
 }
 
-/// Source transactions that must be applied together: one message, or every chunk of one large transaction.
-struct Unit {
-    /// Commit LSN the offset moves to once this is applied.
-    last_lsn: Lsn,
-    pipeline: String,
-    transforms: Vec<String>,
-    transactions: Vec<Transaction>,
-    changes: usize,
-    /// A re-driven dead letter: applied regardless of the offset, which it leaves alone.
-    replay: bool,
+/// Backoff for retrying a transient failure in place.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_LONGEST: Duration = Duration::from_secs(30);
+
+/// Why a write was not done: the data (dead-letter it), or a shutdown while retrying.
+enum Refused {
+    Data(sqlx::Error),
+    Stopped,
 }
 
-impl Unit {
-    fn from_message(m: Message) -> Self {
-        Unit {
-            last_lsn: m.last_lsn,
-            replay: m.replay,
-            changes: m.change_count(),
-            pipeline: m.pipeline,
-            transforms: m.transforms,
-            transactions: m.transactions,
+/// Runs `write` until it succeeds, fails because of the data, or `shutdown` fires,
+/// retrying transient failures with backoff. The deliveries stay unacknowledged meanwhile.
+async fn retrying<T>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut write: impl AsyncFnMut() -> Result<T, sqlx::Error>,
+) -> Result<T, Refused> {
+    let mut delay = RETRY_FIRST;
+    let mut since: Option<Instant> = None;
+    loop {
+        match write().await {
+            Ok(v) => {
+                if let Some(since) = since {
+                    tracing::info!("MariaDB answers again after {} s; {what} succeeded", since.elapsed().as_secs());
+                }
+                return Ok(v);
+            }
+            Err(e) if is_transient(&e) => {
+                let since = *since.get_or_insert_with(Instant::now);
+                tracing::warn!(
+                    "MariaDB is unavailable while {what} ({e}); retrying in {} s (failing for {} s)",
+                    delay.as_secs(),
+                    since.elapsed().as_secs()
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Refused::Stopped),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RETRY_LONGEST);
+            }
+            Err(e) => return Err(Refused::Data(e)),
         }
     }
+}
 
-    /// The message that carries `transactions` alone, for the dead-letter queue.
-    fn message_for(&self, transactions: Vec<Transaction>, last_lsn: Lsn) -> Message {
-        Message::new(&self.pipeline, &self.transforms, transactions, last_lsn)
+/// Source transactions from one message, applied together with the rest of the group.
+struct Unit {
+    transactions: Vec<Transaction>,
+    /// The offset moves here; `None` for a re-driven dead letter, which leaves it alone.
+    to: Option<Lsn>,
+    transforms: Vec<String>,
+}
+
+/// Messages applied in one MariaDB transaction.
+#[derive(Default)]
+struct Group {
+    units: Vec<Unit>,
+    /// The offset the group starts from.
+    from: Lsn,
+    changes: usize,
+    bytes: usize,
+    messages: usize,
+    /// The last delivery covered by the group; acknowledged (with all before it) once it commits.
+    last_tag: Option<u64>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.units.is_empty()
     }
 }
 
-/// Chunks of one large transaction received so far.
-struct Assembly {
-    unit: Unit,
-    next_index: u32,
+/// One apply session: a consumer, its group, and what it knows of the target.
+struct Apply<'a> {
+    pipeline: &'a str,
+    broker: &'a Broker,
+    pool: &'a MySqlPool,
+    source: &'a PgTarget,
+    opts: &'a ApplyOptions,
+    shutdown: &'a CancellationToken,
+    known: KnownColumns,
+    statement_bytes: usize,
+    assembler: Assembler,
+    group: Group,
 }
 
 /// Consumes the pipeline's queue and applies it until `shutdown` fires, then
 /// commits what it holds, acknowledges it, and returns.
+///
+/// The queue has a single active consumer: an apply started beside another
+/// waits here, as a standby, until RabbitMQ hands it the queue.
 pub async fn run(
     pipeline: &str,
     broker: &Broker,
     pool: &MySqlPool,
+    source: &PgTarget,
     opts: &ApplyOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ApplyError> {
-    let insert = format!(
-        "INSERT IGNORE INTO {} (pipeline, lsn, lsn_text, updated_at) VALUES (?, 0, '0/0', UTC_TIMESTAMP(6))",
-        my_ident(OFFSETS_TABLE)
-    );
-    sqlx::query(AssertSqlSafe(insert))
-        .bind(pipeline)
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
+    offsets::ensure_row(pool, pipeline).await?;
+    let offset = applied_offset(pool, pipeline).await?.unwrap_or_default();
+    let staged = staging::restore(pool, pipeline, offset).await?;
     let mut consumer = broker.consume(opts.prefetch).await?;
-    let mut known = KnownColumns::default();
-    let mut group: Vec<Unit> = Vec::new();
-    let mut group_changes = 0usize;
-    let mut last_tag: Option<u64> = None;
-    let mut assembly: Option<Assembly> = None;
+    let mut apply = Apply {
+        pipeline,
+        broker,
+        pool,
+        source,
+        opts,
+        shutdown: &shutdown,
+        known: KnownColumns::default(),
+        statement_bytes: statement_bytes(pool).await,
+        assembler: Assembler::new(offset, staged),
+        group: Group::default(),
+    };
+    // While the stream has a gap: when the queue first went quiet with the slot past it.
+    let mut gap_suspected: Option<Instant> = None;
 
-    loop {
-        let waiting = !group.is_empty() && assembly.is_none();
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            next = consumer.next() => Some(next),
-            _ = tokio::time::sleep(opts.linger), if waiting => None,
-        };
-        let delivery = match next {
-            // Quiet for a moment: commit what we have.
-            None => {
-                commit(pipeline, broker, pool, &mut known, &mut group, &mut last_tag).await?;
-                group_changes = 0;
-                continue;
-            }
-            Some(None) => {
-                return Err(ApplyError::Queue(QueueError::NotConfirmed(
-                    "the consumer was cancelled by the broker (was the queue deleted?)".into(),
-                )));
-            }
-            Some(Some(Err(e))) => {
-                return Err(QueueError::Broker {
-                    doing: "consuming",
-                    source: e,
+    let outcome: Result<(), ApplyError> = async {
+        loop {
+            let holding = !apply.group.is_empty();
+            let waiting = apply.assembler.waiting();
+            let delivery = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                next = consumer.next() => next,
+                // Quiet for a moment: commit what we have.
+                _ = tokio::time::sleep(opts.linger), if holding => {
+                    apply.commit().await?;
+                    continue;
                 }
-                .into());
-            }
-            Some(Some(Ok(d))) => d,
-        };
-        let tag = delivery.delivery_tag;
-        // Deliveries inside an incomplete large transaction are not safe to acknowledge yet.
-        let mut settled = |assembly: &Option<Assembly>| {
-            if assembly.is_none() {
-                last_tag = Some(tag);
-            }
-        };
-        let message = match decode_message(&delivery.data, pipeline) {
-            Ok(m) => m,
-            Err(reason) => {
-                tracing::error!(%reason, "dead-lettering a message that cannot be applied");
-                let why = DeadLetter {
-                    stage: "decode",
-                    reason,
-                    lsn: String::new(),
-                    table: String::new(),
-                };
-                broker.dead_letter(&delivery.data, &why).await?;
-                settled(&assembly);
-                continue;
-            }
-        };
-        match message.chunk {
-            None => {
-                group_changes += message.change_count();
-                group.push(Unit::from_message(message));
-            }
-            Some(chunk) => {
-                // A chunk 0 restarts assembly: the capture republished the transaction after a restart.
-                if chunk.index == 0 {
-                    if assembly.is_some() {
-                        tracing::warn!(lsn = %message.last_lsn, "discarding an incomplete large transaction that is being resent");
+                _ = tokio::time::sleep(opts.gap_quiet), if waiting && !holding => {
+                    gap_suspected = apply.check_gap(gap_suspected).await?;
+                    continue;
+                }
+            };
+            gap_suspected = None;
+            let delivery = match delivery {
+                None => {
+                    return Err(QueueError::NotConfirmed(
+                        "the consumer was cancelled by the broker (was the queue deleted?)".into(),
+                    )
+                    .into());
+                }
+                Some(Err(e)) => {
+                    return Err(QueueError::Broker {
+                        doing: "consuming",
+                        source: e,
                     }
-                    assembly = Some(Assembly {
-                        unit: Unit::from_message(Message { chunk: None, ..message }),
-                        next_index: 1,
-                    });
-                } else {
-                    match assembly.as_mut() {
-                        Some(a) if a.next_index == chunk.index && a.unit.last_lsn == message.last_lsn => {
-                            a.next_index += 1;
-                            a.unit.changes += message.change_count();
-                            if let (Some(tx), Some(more)) =
-                                (a.unit.transactions.last_mut(), message.transactions.into_iter().next())
-                            {
-                                tx.changes.extend(more.changes);
-                            }
-                        }
-                        // The tail of a transaction whose head was discarded or already applied.
-                        _ => {
-                            settled(&assembly);
-                            continue;
-                        }
-                    }
+                    .into());
                 }
-                if chunk.last
-                    && let Some(a) = assembly.take()
-                {
-                    group_changes += a.unit.changes;
-                    group.push(a.unit);
-                }
-            }
-        }
-        settled(&assembly);
-        if group_changes >= opts.group_changes && assembly.is_none() {
-            commit(pipeline, broker, pool, &mut known, &mut group, &mut last_tag).await?;
-            group_changes = 0;
+                Some(Ok(d)) => d,
+            };
+            apply.on_delivery(delivery.delivery_tag, &delivery.data).await?;
         }
     }
-    // Drain: whatever is whole gets committed and acknowledged; an incomplete
-    // large transaction stays unacknowledged and is redelivered next time.
-    if let Some(a) = &assembly {
-        tracing::info!(lsn = %a.unit.last_lsn, "leaving an incomplete large transaction for redelivery");
+    .await;
+    match outcome {
+        // Drain: what is whole gets committed and acknowledged; a large transaction
+        // stays staged and its remaining chunks are delivered next time.
+        Ok(()) => match apply.commit().await {
+            Err(ApplyError::Stopped) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        },
+        Err(ApplyError::Stopped) => Ok(()),
+        Err(e) => Err(e),
     }
-    commit(pipeline, broker, pool, &mut known, &mut group, &mut last_tag).await?;
-    Ok(())
 }
 
 fn decode_message(body: &[u8], pipeline: &str) -> Result<Message, String> {
     let message: Message =
         serde_json::from_slice(body).map_err(|e| format!("the message body is not a wasmcdc change message: {e}"))?;
-    if message.format != MESSAGE_FORMAT {
+    if !(OLDEST_MESSAGE_FORMAT..=MESSAGE_FORMAT).contains(&message.format) {
         return Err(format!(
-            "the message has format version {}, but this wasmcdc reads version {MESSAGE_FORMAT}; upgrade wasmcdc",
+            "the message has format version {}, but this wasmcdc reads versions {OLDEST_MESSAGE_FORMAT} to {MESSAGE_FORMAT}; upgrade wasmcdc",
             message.format
         ));
     }
@@ -473,358 +420,497 @@ fn decode_message(body: &[u8], pipeline: &str) -> Result<Message, String> {
     Ok(message)
 }
 
-/// Applies the group in one MariaDB transaction, then acknowledges through `last_tag`.
-/// A group that MariaDB refuses is retried one source transaction at a time,
-/// and each transaction it still refuses goes to the dead-letter queue.
-async fn commit(
-    pipeline: &str,
-    broker: &Broker,
-    pool: &MySqlPool,
-    known: &mut KnownColumns,
-    group: &mut Vec<Unit>,
-    last_tag: &mut Option<u64>,
-) -> Result<(), ApplyError> {
-    if !group.is_empty() {
-        let units = std::mem::take(group);
-        add_new_columns(pool, known, &units).await?;
-        match apply_units(pool, pipeline, &units).await {
+impl Apply<'_> {
+    async fn on_delivery(&mut self, tag: u64, body: &[u8]) -> Result<(), ApplyError> {
+        let message = match decode_message(body, self.pipeline) {
+            Ok(m) => m,
+            Err(reason) => {
+                tracing::error!(%reason, "dead-lettering a message that cannot be applied");
+                let why = DeadLetter {
+                    stage: "decode",
+                    reason,
+                    lsn: String::new(),
+                    table: String::new(),
+                };
+                self.broker.dead_letter(body, &why).await?;
+                return self.settle(tag).await;
+            }
+        };
+        let transforms = message.transforms.clone();
+        let chunk_body = message.chunk.map(|_| (message.prev_lsn, body));
+        let first_lsn = message.first_lsn;
+        let before = self.assembler.reached();
+        match self.assembler.on_message(message) {
+            Step::Skip => {
+                tracing::debug!(lsn = %first_lsn, "skipping a message that is already applied");
+                self.settle(tag).await
+            }
+            Step::Apply {
+                transactions,
+                to,
+                discard_staged,
+            } => {
+                if discard_staged {
+                    self.commit().await?;
+                    tracing::warn!(lsn = %to, "a transaction staged in chunks arrived whole; discarding the chunks");
+                    let (pool, pipeline) = (self.pool, self.pipeline);
+                    retrying("discarding staged chunks", self.shutdown, async || {
+                        staging::clear(pool, pipeline).await
+                    })
+                    .await
+                    .map_err(|r| self.refused(r))?;
+                }
+                self.add(tag, before, body.len(), transactions, Some(to), transforms).await
+            }
+            Step::Replay { transactions } => self.add(tag, before, body.len(), transactions, None, transforms).await,
+            Step::Gap { reached, prev_lsn } => {
+                tracing::warn!(
+                    %reached, %prev_lsn,
+                    "a message starts at {prev_lsn} but the target holds only {reached}: the transactions between are missing from the queue, so it is not applied; the capture sends them again from the slot"
+                );
+                self.settle(tag).await
+            }
+            Step::MissingChunk {
+                commit_lsn,
+                expected,
+                got,
+            } => {
+                tracing::warn!(
+                    lsn = %commit_lsn, ?expected, got,
+                    "chunk {got} of the transaction committed at {commit_lsn} arrived without the chunks before it, so nothing of it is applied; the capture sends the whole transaction again from the slot"
+                );
+                self.settle(tag).await
+            }
+            Step::Stage {
+                commit_lsn,
+                index,
+                restart,
+            } => {
+                self.commit().await?;
+                if restart {
+                    tracing::info!(lsn = %commit_lsn, "a large transaction is being sent again; staging it from its first chunk");
+                }
+                let prev = chunk_body.and_then(|(p, _)| p).unwrap_or_default();
+                let (pool, pipeline) = (self.pool, self.pipeline);
+                retrying("staging a chunk of a large transaction", self.shutdown, async || {
+                    staging::stage(pool, pipeline, commit_lsn, prev, index, body).await
+                })
+                .await
+                .map_err(|r| self.refused(r))?;
+                if index % 100 == 0 {
+                    tracing::info!(lsn = %commit_lsn, chunk = index, "staging a large transaction");
+                }
+                self.ack(tag).await
+            }
+            Step::Finish {
+                commit_lsn,
+                index,
+                prev_lsn,
+            } => {
+                self.commit().await?;
+                self.finish(commit_lsn, index, prev_lsn, body, &transforms).await?;
+                self.ack(tag).await
+            }
+        }
+    }
+
+    /// A write that was not done: a shutdown ends the session; data errors here are not the data's
+    /// (staging tables are ours), so they stop the apply.
+    fn refused(&self, r: Refused) -> ApplyError {
+        match r {
+            Refused::Stopped => ApplyError::Stopped,
+            Refused::Data(e) => db_error(e),
+        }
+    }
+
+    /// Adds one message's transactions to the group, committing when it is full.
+    async fn add(
+        &mut self,
+        tag: u64,
+        before: Lsn,
+        bytes: usize,
+        transactions: Vec<Transaction>,
+        to: Option<Lsn>,
+        transforms: Vec<String>,
+    ) -> Result<(), ApplyError> {
+        if self.group.is_empty() {
+            self.group.from = before;
+        }
+        self.group.changes += transactions.iter().map(|t| t.changes.len()).sum::<usize>();
+        self.group.bytes += bytes;
+        self.group.messages += 1;
+        self.group.last_tag = Some(tag);
+        self.group.units.push(Unit {
+            transactions,
+            to,
+            transforms,
+        });
+        // Commit before the group holds half the prefetch window: RabbitMQ sends no more
+        // than the window, and a group waiting for more would wait for ever.
+        let full = self.group.changes >= self.opts.group_changes
+            || self.group.bytes >= self.opts.group_bytes
+            || self.group.messages >= usize::from(self.opts.prefetch / 2).max(1);
+        if full {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Settles a delivery that needs no write: at once when nothing is pending before it,
+    /// otherwise with the group (acknowledgements are cumulative).
+    async fn settle(&mut self, tag: u64) -> Result<(), ApplyError> {
+        if self.group.is_empty() {
+            self.ack(tag).await
+        } else {
+            self.group.last_tag = Some(tag);
+            Ok(())
+        }
+    }
+
+    async fn ack(&self, tag: u64) -> Result<(), ApplyError> {
+        Ok(self.broker.ack_through(tag).await?)
+    }
+
+    /// Applies the group in one MariaDB transaction, then acknowledges it. A group
+    /// that MariaDB refuses is retried one source transaction at a time, and each
+    /// transaction it still refuses goes to the dead-letter queue.
+    async fn commit(&mut self) -> Result<(), ApplyError> {
+        if self.group.is_empty() {
+            if let Some(tag) = self.group.last_tag.take() {
+                self.ack(tag).await?;
+            }
+            return Ok(());
+        }
+        let group = std::mem::take(&mut self.group);
+        let (pool, pipeline, max_bytes) = (self.pool, self.pipeline, self.statement_bytes);
+        let known = &mut self.known;
+        let changes = || group.units.iter().flat_map(|u| &u.transactions).flat_map(|t| &t.changes);
+        retrying("adding new columns", self.shutdown, async || {
+            add_new_columns(pool, known, changes()).await
+        })
+        .await
+        .map_err(|r| match r {
+            Refused::Stopped => ApplyError::Stopped,
+            Refused::Data(e) => db_error(e),
+        })?;
+        match retrying("applying a group of transactions", self.shutdown, async || {
+            apply_units(pool, pipeline, group.from, &group.units, max_bytes).await
+        })
+        .await
+        {
             Ok(()) => {}
-            Err(e) if is_data_error(&e) => {
+            Err(Refused::Stopped) => return Err(ApplyError::Stopped),
+            Err(Refused::Data(e)) => {
+                if let Some(gap) = gap_error(&e) {
+                    return Err(gap);
+                }
                 tracing::warn!(error = %e, "a group failed; applying its transactions one by one");
-                for unit in units {
-                    apply_one_by_one(pool, broker, pipeline, unit).await?;
+                let mut from = group.from;
+                for unit in &group.units {
+                    self.one_by_one(from, unit).await?;
+                    from = unit.to.unwrap_or(from);
                 }
             }
-            Err(e) => return Err(db_error(e)),
         }
+        if let Some(tag) = group.last_tag {
+            self.ack(tag).await?;
+        }
+        Ok(())
     }
-    if let Some(tag) = last_tag.take() {
-        broker.ack_through(tag).await?;
-    }
-    Ok(())
-}
 
-async fn apply_one_by_one(pool: &MySqlPool, broker: &Broker, pipeline: &str, unit: Unit) -> Result<(), ApplyError> {
-    let count = unit.transactions.len();
-    for (i, tx) in unit.transactions.iter().enumerate() {
-        // The last transaction also carries the unit's final position (which may cover empty transactions after it).
-        let last_lsn = if i + 1 == count {
-            unit.last_lsn
+    /// Applies a unit's transactions each in a MariaDB transaction of its own, dead-lettering those MariaDB refuses.
+    async fn one_by_one(&mut self, from: Lsn, unit: &Unit) -> Result<(), ApplyError> {
+        let (pool, pipeline, max_bytes) = (self.pool, self.pipeline, self.statement_bytes);
+        let count = unit.transactions.len();
+        let mut from = from;
+        // A unit without transactions (a heartbeat) still moves the offset.
+        let singles: Vec<(Option<&Transaction>, Option<Lsn>)> = if count == 0 {
+            vec![(None, unit.to)]
         } else {
-            tx.context.commit_lsn
+            unit.transactions
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    // The last transaction also carries the unit's final position (which may cover empty transactions after it).
+                    let to = unit.to.map(|to| if i + 1 == count { to } else { t.context.commit_lsn });
+                    (Some(t), to)
+                })
+                .collect()
         };
-        let single = Unit {
-            last_lsn,
-            pipeline: unit.pipeline.clone(),
-            transforms: unit.transforms.clone(),
-            transactions: vec![tx.clone()],
-            changes: tx.changes.len(),
-            replay: unit.replay,
-        };
-        match apply_units(pool, pipeline, std::slice::from_ref(&single)).await {
-            Ok(()) => {}
-            Err(e) if is_data_error(&e) => {
-                // Only the data may be dead-lettered: if the offsets row cannot move either,
-                // the fault is the target's, and the transaction waits for it to be fixed.
-                let skip = Unit {
-                    transactions: Vec::new(),
-                    changes: 0,
-                    ..single
-                };
-                check_offset_writable(pool, pipeline, &skip).await.map_err(db_error)?;
-                let table = tx.changes.first().map(Change::qualified_table).unwrap_or_default();
-                tracing::error!(lsn = %tx.context.commit_lsn, xid = tx.context.xid, %table, error = %e, "MariaDB refused a transaction; it goes to the dead-letter queue");
-                let why = DeadLetter {
-                    stage: "apply",
-                    reason: format!("MariaDB refused the transaction: {e}"),
-                    lsn: tx.context.commit_lsn.to_string(),
-                    table,
-                };
-                broker
-                    .dead_letter_message(&unit.message_for(vec![tx.clone()], last_lsn), &why)
-                    .await?;
-                apply_units(pool, pipeline, std::slice::from_ref(&skip))
+        for (tx, to) in singles {
+            let single = Unit {
+                transactions: tx.cloned().into_iter().collect(),
+                to,
+                transforms: unit.transforms.clone(),
+            };
+            let applied = retrying("applying a transaction", self.shutdown, async || {
+                apply_units(pool, pipeline, from, std::slice::from_ref(&single), max_bytes).await
+            })
+            .await;
+            match applied {
+                Ok(()) => {}
+                Err(Refused::Stopped) => return Err(ApplyError::Stopped),
+                Err(Refused::Data(e)) => {
+                    if let Some(gap) = gap_error(&e) {
+                        return Err(gap);
+                    }
+                    let Some(tx) = tx else { return Err(db_error(e)) };
+                    // Only the data may be dead-lettered: if the offset cannot move either,
+                    // the fault is the target's, and the transaction waits for it to be fixed.
+                    let skip = Unit {
+                        transactions: Vec::new(),
+                        ..single
+                    };
+                    check_offset_writable(pool, pipeline, &skip).await.map_err(db_error)?;
+                    let table = tx.changes.first().map(Change::qualified_table).unwrap_or_default();
+                    tracing::error!(lsn = %tx.context.commit_lsn, xid = tx.context.xid, %table, error = %e, "MariaDB refused a transaction; it goes to the dead-letter queue");
+                    let why = DeadLetter {
+                        stage: "apply",
+                        reason: format!("MariaDB refused the transaction: {e}"),
+                        lsn: tx.context.commit_lsn.to_string(),
+                        table,
+                    };
+                    let mut message = Message::new(pipeline, &unit.transforms, vec![tx.clone()], tx.context.commit_lsn);
+                    message.replay = unit.to.is_none();
+                    self.broker.dead_letter_message(&message, &why).await?;
+                    retrying("moving the offset past a dead-lettered transaction", self.shutdown, async || {
+                        apply_units(pool, pipeline, from, std::slice::from_ref(&skip), max_bytes).await
+                    })
                     .await
-                    .map_err(db_error)?;
+                    .map_err(|r| match r {
+                        Refused::Stopped => ApplyError::Stopped,
+                        Refused::Data(e) => db_error(e),
+                    })?;
+                }
             }
-            Err(e) => return Err(db_error(e)),
+            from = to.unwrap_or(from);
+        }
+        Ok(())
+    }
+
+    /// Applies a staged large transaction and its final chunk in one MariaDB transaction.
+    async fn finish(
+        &mut self,
+        commit_lsn: Lsn,
+        index: u32,
+        prev_lsn: Lsn,
+        last: &[u8],
+        transforms: &[String],
+    ) -> Result<(), ApplyError> {
+        let (pool, pipeline, max_bytes) = (self.pool, self.pipeline, self.statement_bytes);
+        let started = Instant::now();
+        let final_chunk = decode_message(last, pipeline).map_err(ApplyError::Database)?;
+        // Columns added in PostgreSQL: the final chunk's changes are checked; earlier chunks
+        // carried the same columns unless the table changed inside the transaction.
+        let known = &mut self.known;
+        retrying("adding new columns", self.shutdown, async || {
+            add_new_columns(pool, known, final_chunk.transactions.iter().flat_map(|t| &t.changes)).await
+        })
+        .await
+        .map_err(|r| match r {
+            Refused::Stopped => ApplyError::Stopped,
+            Refused::Data(e) => db_error(e),
+        })?;
+        let applied = retrying("applying a large transaction", self.shutdown, async || {
+            apply_staged(pool, pipeline, commit_lsn, index, prev_lsn, &final_chunk, transforms, max_bytes).await
+        })
+        .await;
+        match applied {
+            Ok(changes) => {
+                tracing::info!(lsn = %commit_lsn, chunks = index + 1, changes, seconds = started.elapsed().as_secs_f64(), "applied a large transaction");
+                Ok(())
+            }
+            Err(Refused::Stopped) => Err(ApplyError::Stopped),
+            Err(Refused::Data(e)) => {
+                if let Some(gap) = gap_error(&e) {
+                    return Err(gap);
+                }
+                self.dead_letter_staged(commit_lsn, index, last, transforms, &e).await
+            }
         }
     }
-    Ok(())
+
+    /// Moves every chunk of a large transaction that MariaDB refused to the dead-letter queue, and the offset past it.
+    async fn dead_letter_staged(
+        &mut self,
+        commit_lsn: Lsn,
+        index: u32,
+        last: &[u8],
+        transforms: &[String],
+        e: &sqlx::Error,
+    ) -> Result<(), ApplyError> {
+        let (pool, pipeline) = (self.pool, self.pipeline);
+        tracing::error!(lsn = %commit_lsn, chunks = index + 1, error = %e, "MariaDB refused a large transaction; its chunks go to the dead-letter queue");
+        let why = DeadLetter {
+            stage: "apply",
+            reason: format!("MariaDB refused the transaction ({} chunks): {e}", index + 1),
+            lsn: commit_lsn.to_string(),
+            table: String::new(),
+        };
+        let mut conn = pool.acquire().await.map_err(db_error)?;
+        for k in 0..index {
+            if let Some(body) = staging::chunk(&mut conn, pipeline, commit_lsn, k).await.map_err(db_error)? {
+                self.broker.dead_letter(&body, &why).await?;
+            }
+        }
+        self.broker.dead_letter(last, &why).await?;
+        let skip = Unit {
+            transactions: Vec::new(),
+            to: Some(commit_lsn),
+            transforms: transforms.to_vec(),
+        };
+        let max_bytes = self.statement_bytes;
+        retrying("moving the offset past a dead-lettered transaction", self.shutdown, async || {
+            let mut tx = pool.begin().await?;
+            staging::delete(&mut tx, pipeline).await?;
+            tx.commit().await?;
+            apply_units(pool, pipeline, Lsn(0), std::slice::from_ref(&skip), max_bytes).await
+        })
+        .await
+        .map_err(|r| match r {
+            Refused::Stopped => ApplyError::Stopped,
+            Refused::Data(e) => db_error(e),
+        })
+    }
+
+    /// The stream has a gap and the queue is quiet: if the slot has moved past the
+    /// gap, the missing transactions will not be sent again, so the apply stops
+    /// rather than wait for ever. Returns when the suspicion started.
+    async fn check_gap(&self, suspected: Option<Instant>) -> Result<Option<Instant>, ApplyError> {
+        let reached = self.assembler.reached();
+        let confirmed = match slot_position(self.source, self.pipeline).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the slot's position to judge a gap in the queue; trying again");
+                return Ok(suspected);
+            }
+        };
+        let lost = confirmed.is_none_or(|c| c > reached);
+        if !lost {
+            tracing::info!(%reached, "waiting for the capture to send the missing transactions again");
+            return Ok(None);
+        }
+        // Twice quiet, with the slot past the gap both times: a re-send would have arrived.
+        match suspected {
+            None => Ok(Some(Instant::now())),
+            Some(_) => Err(ApplyError::Gap(format!(
+                "the queue of pipeline '{}' is missing transactions after {reached}, and the replication slot is {}, so they will not be sent again: they left the queue without being applied (for example dead-lettered by RabbitMQ after its delivery limit, or purged); see `wasmcdc dlq list`, then run `wasmcdc slot drop` and start again (the initial copy re-copies the tables)",
+                self.pipeline,
+                confirmed.map_or_else(|| "gone".to_owned(), |c| format!("confirmed up to {c}"))
+            ))),
+        }
+    }
 }
 
-/// The columns each target table is known to have, read once per table.
-type KnownColumns = HashMap<String, HashSet<String>>;
+/// The slot's `confirmed_flush_lsn`, or `None` when the slot does not exist.
+async fn slot_position(source: &PgTarget, pipeline: &str) -> Result<Option<Lsn>, crate::source::SourceError> {
+    let pg = tokio::time::timeout(Duration::from_secs(10), source.sql())
+        .await
+        .map_err(|_| crate::source::SourceError::Query("no answer within 10 s".into()))??;
+    Ok(crate::source::slot_state(&pg, pipeline).await?.map(|s| s.confirmed_flush))
+}
 
-/// Adds columns that changes carry but their target table lacks (a column added
-/// in PostgreSQL), before the group's transaction: in MariaDB, DDL would commit
-/// that transaction half-way. Rows that existed before hold NULL in the new column.
-async fn add_new_columns(pool: &MySqlPool, known: &mut KnownColumns, units: &[Unit]) -> Result<(), ApplyError> {
-    let changes = units.iter().flat_map(|u| &u.transactions).flat_map(|t| &t.changes);
-    for change in changes.filter(|c| matches!(c.op, Op::Insert | Op::Update)) {
-        let table = target_table(&change.schema, &change.table);
-        if !known.contains_key(&table) {
-            let columns: HashSet<String> = sqlx::query(
-                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
-            )
-            .bind(&table)
-            .fetch_all(pool)
-            .await
-            .map_err(db_error)?
-            .iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
-            known.insert(table.clone(), columns);
-        }
-        let Some(columns) = known.get_mut(&table) else { continue };
-        // A table that does not exist has no columns; the write then fails and is dead-lettered with the reason.
-        if columns.is_empty() {
-            continue;
-        }
-        for column in &change.columns {
-            if columns.contains(&column.name) {
-                continue;
-            }
-            let sql = format!(
-                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {} NULL",
-                my_ident(&table),
-                my_ident(&column.name),
-                crate::catalog::mariadb_type(&column.pg_type, false)
-            );
-            sqlx::query(AssertSqlSafe(sql)).execute(pool).await.map_err(db_error)?;
-            tracing::warn!(%table, column = %column.name, pg_type = %column.pg_type, "added a column that appeared in the source; rows that existed before hold NULL in it");
-            columns.insert(column.name.clone());
-        }
+/// The marker of an offsets row that moved under the apply, as an error.
+const OFFSET_MOVED_BACK: &str = "the offsets row moved back";
+
+fn gap_error(e: &sqlx::Error) -> Option<ApplyError> {
+    match e {
+        sqlx::Error::Protocol(m) if m.starts_with(OFFSET_MOVED_BACK) => Some(ApplyError::Gap(m.clone())),
+        _ => None,
     }
-    Ok(())
 }
 
 /// Moves the offset past `skip` in a transaction that is rolled back: proves the offsets row is writable.
 async fn check_offset_writable(pool: &MySqlPool, pipeline: &str, skip: &Unit) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    write_offset(&mut tx, pipeline, skip.last_lsn, &skip.transforms.join(",")).await?;
+    if let Some(to) = skip.to {
+        offsets::write(&mut tx, pipeline, to, &skip.transforms.join(",")).await?;
+    }
     tx.rollback().await
 }
 
-async fn write_offset(
-    tx: &mut sqlx::MySqlConnection,
-    pipeline: &str,
-    lsn: Lsn,
-    transforms: &str,
-) -> Result<(), sqlx::Error> {
-    let update = format!(
-        "UPDATE {} SET lsn = ?, lsn_text = ?, transforms = ?, updated_at = UTC_TIMESTAMP(6) WHERE pipeline = ?",
-        my_ident(OFFSETS_TABLE)
-    );
-    sqlx::query(AssertSqlSafe(update))
-        .bind(lsn.0)
-        .bind(lsn.to_string())
-        .bind(transforms)
-        .bind(pipeline)
-        .execute(&mut *tx)
-        .await?;
+/// Checks, under the offsets row's lock, that the target holds what `from` says.
+fn check_from(pipeline: &str, from: Lsn, offset: Lsn) -> Result<(), sqlx::Error> {
+    if offset < from {
+        return Err(sqlx::Error::Protocol(format!(
+            "{OFFSET_MOVED_BACK} for pipeline '{pipeline}': the apply had reached {from}, but the offsets table says {offset}; another process changed it, so the apply stops instead of leaving a gap; run `wasmcdc verify`"
+        )));
+    }
     Ok(())
 }
 
-/// One MariaDB transaction: every unit above the recorded offset, and the new offset.
-async fn apply_units(pool: &MySqlPool, pipeline: &str, units: &[Unit]) -> Result<(), sqlx::Error> {
+/// One MariaDB transaction: every transaction above the recorded offset, and the new offset.
+async fn apply_units(
+    pool: &MySqlPool,
+    pipeline: &str,
+    from: Lsn,
+    units: &[Unit],
+    max_bytes: usize,
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let select = format!(
-        "SELECT lsn FROM {} WHERE pipeline = ? FOR UPDATE",
-        my_ident(OFFSETS_TABLE)
-    );
-    let mut offset = sqlx::query(AssertSqlSafe(select))
-        .bind(pipeline)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map_or(Lsn(0), |r| Lsn(r.get::<u64, _>(0)));
+    let mut offset = offsets::lock(&mut tx, pipeline).await?;
+    check_from(pipeline, from, offset)?;
     let start = offset;
     let mut transforms = None;
     for unit in units {
-        if unit.last_lsn <= offset && !unit.replay {
-            tracing::debug!(lsn = %unit.last_lsn, "skipping a message that is already applied");
-            continue;
-        }
         for transaction in &unit.transactions {
-            apply_changes(&mut tx, &transaction.changes).await?;
+            // Per transaction: a message re-sent after a restart may hold some that are applied.
+            if unit.to.is_some() && transaction.context.commit_lsn <= offset {
+                continue;
+            }
+            apply_changes(&mut tx, &transaction.changes, max_bytes).await?;
         }
-        if !unit.replay {
-            offset = unit.last_lsn;
+        if let Some(to) = unit.to.filter(|to| *to > offset) {
+            offset = to;
             transforms = Some(unit.transforms.join(","));
         }
     }
     if let Some(transforms) = transforms.filter(|_| offset != start) {
-        write_offset(&mut tx, pipeline, offset, &transforms).await?;
+        offsets::write(&mut tx, pipeline, offset, &transforms).await?;
     }
     tx.commit().await
 }
 
-/// Most rows one multi-row INSERT carries; MariaDB also caps a statement at 65 535 parameters.
-const INSERT_ROWS: usize = 500;
-
-/// Applies changes in order; runs of inserts into the same table and columns
-/// become multi-row INSERTs, which MariaDB executes far faster than single rows.
-async fn apply_changes(tx: &mut sqlx::MySqlConnection, changes: &[Change]) -> Result<(), sqlx::Error> {
-    let same_shape = |a: &Change, b: &Change| {
-        b.op == Op::Insert
-            && a.table == b.table
-            && a.schema == b.schema
-            && a.columns.len() == b.columns.len()
-            && a.columns.iter().zip(&b.columns).all(|(x, y)| x.name == y.name)
-    };
-    let mut i = 0;
-    while i < changes.len() {
-        let first = &changes[i];
-        if first.op != Op::Insert {
-            apply_change(tx, first).await?;
-            i += 1;
-            continue;
+/// One MariaDB transaction: staged chunks `0..index` and the final chunk, the offset, and an empty staging table.
+#[allow(clippy::too_many_arguments)]
+async fn apply_staged(
+    pool: &MySqlPool,
+    pipeline: &str,
+    commit_lsn: Lsn,
+    index: u32,
+    prev_lsn: Lsn,
+    final_chunk: &Message,
+    transforms: &[String],
+    max_bytes: usize,
+) -> Result<usize, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let offset = offsets::lock(&mut tx, pipeline).await?;
+    if offset >= commit_lsn {
+        staging::delete(&mut tx, pipeline).await?;
+        tx.commit().await?;
+        return Ok(0);
+    }
+    check_from(pipeline, prev_lsn, offset)?;
+    let mut changes = 0;
+    for k in 0..index {
+        let body = staging::chunk(&mut tx, pipeline, commit_lsn, k).await?.ok_or_else(|| {
+            sqlx::Error::Protocol(format!(
+                "chunk {k} of the transaction committed at {commit_lsn} is missing from the staging table"
+            ))
+        })?;
+        // One chunk in memory at a time.
+        let chunk = decode_message(&body, pipeline).map_err(sqlx::Error::Protocol)?;
+        for t in &chunk.transactions {
+            apply_changes(&mut tx, &t.changes, max_bytes).await?;
+            changes += t.changes.len();
         }
-        let most = INSERT_ROWS.min(65_535 / first.columns.len().max(1));
-        let mut end = i + 1;
-        while end < changes.len() && end - i < most && same_shape(first, &changes[end]) {
-            end += 1;
-        }
-        insert_rows(tx, &changes[i..end]).await?;
-        i = end;
     }
-    Ok(())
-}
-
-/// One INSERT for rows of the same table and columns.
-async fn insert_rows(tx: &mut sqlx::MySqlConnection, rows: &[Change]) -> Result<(), sqlx::Error> {
-    let Some(first) = rows.first() else { return Ok(()) };
-    let row = format!("({})", vec!["?"; first.columns.len()].join(", "));
-    let sql = format!(
-        "INSERT INTO {} ({}) VALUES {}",
-        my_ident(&target_table(&first.schema, &first.table)),
-        first
-            .columns
-            .iter()
-            .map(|c| my_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", "),
-        vec![row; rows.len()].join(", ")
-    );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for column in rows.iter().flat_map(|r| &r.columns) {
-        query = bind(query, column)?;
+    for t in &final_chunk.transactions {
+        apply_changes(&mut tx, &t.changes, max_bytes).await?;
+        changes += t.changes.len();
     }
-    query.execute(&mut *tx).await?;
-    Ok(())
-}
-
-async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result<(), sqlx::Error> {
-    let table = my_ident(&target_table(&change.schema, &change.table));
-    let present: Vec<_> = change
-        .columns
-        .iter()
-        .filter(|c| c.value != Value::UnchangedToast)
-        .collect();
-    // Null-safe equality: a FULL identity may hold NULLs. LIMIT 1: without a primary key,
-    // identical rows are interchangeable, and the source changed exactly one of them.
-    let key_clause = || {
-        change
-            .key
-            .iter()
-            .map(|k| format!("{} <=> ?", my_ident(&k.name)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
-    let (sql, values): (String, Vec<&Column>) = match change.op {
-        Op::Insert => return insert_rows(tx, std::slice::from_ref(change)).await,
-        Op::Update => (
-            format!(
-                "UPDATE {table} SET {} WHERE {} LIMIT 1",
-                present
-                    .iter()
-                    .map(|c| format!("{} = ?", my_ident(&c.name)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                key_clause()
-            ),
-            present.iter().copied().chain(change.key.iter()).collect(),
-        ),
-        Op::Delete => (
-            format!("DELETE FROM {table} WHERE {} LIMIT 1", key_clause()),
-            change.key.iter().collect(),
-        ),
-        // TRUNCATE would commit the surrounding transaction in MariaDB.
-        Op::Truncate => (format!("DELETE FROM {table}"), Vec::new()),
-    };
-    if matches!(change.op, Op::Update | Op::Delete) && change.key.is_empty() {
-        return Err(sqlx::Error::Protocol(format!(
-            "{:?} on {} carries no key to find the row by",
-            change.op,
-            change.qualified_table()
-        )));
-    }
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for v in values {
-        query = bind(query, v)?;
-    }
-    let done = query.execute(&mut *tx).await?;
-    if change.op == Op::Update && done.rows_affected() == 0 {
-        return Err(sqlx::Error::Protocol(format!(
-            "update on {} found no row with key {}",
-            change.qualified_table(),
-            describe_key(change)
-        )));
-    }
-    Ok(())
-}
-
-fn describe_key(change: &Change) -> String {
-    change
-        .key
-        .iter()
-        .map(|k| format!("{}={}", k.name, serde_json::to_string(&k.value).unwrap_or_default()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-type MyQuery<'q> = Query<'q, MySql, MySqlArguments>;
-
-/// Binds one value as a parameter; values are never pasted into SQL.
-fn bind<'q>(query: MyQuery<'q>, column: &'q Column) -> Result<MyQuery<'q>, sqlx::Error> {
-    Ok(match &column.value {
-        Value::Null => query.bind(None::<String>),
-        Value::Bool(b) => query.bind(*b),
-        Value::Int(i) => query.bind(*i),
-        // A real is a single-precision float: as a double, its largest values overflow MariaDB's FLOAT.
-        Value::Float(f) if column.pg_type == "real" => query.bind(*f as f32),
-        Value::Float(f) => query.bind(*f),
-        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Date(s) | Value::Time(s) | Value::Timestamp(s) => {
-            query.bind(s.as_str())
-        }
-        // Captured in UTC; DATETIME has no zone, so the offset is dropped.
-        Value::Timestamptz(s) => query.bind(s.strip_suffix("+00").unwrap_or(s).to_owned()),
-        Value::Bytes(b) => query.bind(b.as_slice()),
-        Value::UnchangedToast => {
-            return Err(sqlx::Error::Protocol("an unchanged TOAST value cannot be bound".into()));
-        }
-    })
-}
-
-/// Records `lsn` as `pipeline`'s applied position: the target is consistent with the source up to it.
-pub async fn set_offset(pool: &MySqlPool, pipeline: &str, lsn: Lsn) -> Result<(), ApplyError> {
-    set_progress(pool, pipeline, lsn, "streaming").await
-}
-
-async fn set_progress(pool: &MySqlPool, pipeline: &str, lsn: Lsn, state: &str) -> Result<(), ApplyError> {
-    let sql = format!(
-        "INSERT INTO {} (pipeline, lsn, lsn_text, state, updated_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) \
-         ON DUPLICATE KEY UPDATE lsn = VALUES(lsn), lsn_text = VALUES(lsn_text), state = VALUES(state), \
-         updated_at = VALUES(updated_at)",
-        my_ident(OFFSETS_TABLE)
-    );
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(pipeline)
-        .bind(lsn.0)
-        .bind(lsn.to_string())
-        .bind(state)
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
-    Ok(())
+    staging::delete(&mut tx, pipeline).await?;
+    offsets::write(&mut tx, pipeline, commit_lsn, &transforms.join(",")).await?;
+    tx.commit().await?;
+    Ok(changes)
 }

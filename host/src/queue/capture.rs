@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::TableName;
-use crate::change::{Change, Chunk, Lsn, Message, Transaction, TxContext};
+use crate::change::{Change, Lsn, Message, Transaction, TxContext};
+use crate::queue::batcher::{Batcher, Limits, Outgoing};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
@@ -33,14 +34,8 @@ pub enum CaptureError {
 /// Tuning for the capture loop.
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
-    /// Publish a batch of small transactions once it holds this many changes.
-    pub batch_changes: usize,
-    /// Split a transaction into chunks of this many changes.
-    pub chunk_changes: usize,
-    /// Publish a batch at the latest this long after its first transaction arrived.
-    pub linger: Duration,
-    /// While only unrelated tables change, publish a heartbeat this often so the slot moves on.
-    pub heartbeat: Duration,
+    /// What goes into one message.
+    pub limits: Limits,
     /// Messages awaiting a publisher confirm at once.
     pub max_in_flight: usize,
 }
@@ -48,10 +43,7 @@ pub struct CaptureOptions {
 impl Default for CaptureOptions {
     fn default() -> Self {
         CaptureOptions {
-            batch_changes: 1_000,
-            chunk_changes: 2_000,
-            linger: Duration::from_millis(10),
-            heartbeat: Duration::from_secs(5),
+            limits: Limits::default(),
             max_in_flight: 256,
         }
     }
@@ -65,41 +57,29 @@ pub struct Transforms {
     pub reloads: Option<ChainWatcher>,
 }
 
-/// Transactions waiting to be published together.
-struct Batch {
-    transactions: Vec<Transaction>,
-    changes: usize,
-    /// The highest position this batch accounts for: its last commit, or a
-    /// later empty transaction or idle keepalive.
-    last_lsn: Lsn,
-    since: Option<Instant>,
-}
-
-/// The transaction being read.
-struct OpenTx {
-    context: TxContext,
-    changes: Vec<Change>,
-    /// Chunks of it already published.
-    chunks: u32,
-}
-
 struct Capture<'a> {
     pipeline: &'a str,
     broker: &'a Broker,
     chain: TransformChain,
     /// A new version of the chain, swapped in at the next transaction boundary.
     next_chain: Option<TransformChain>,
-    opts: &'a CaptureOptions,
     tracker: mpsc::Sender<(Option<Lsn>, PendingConfirm)>,
-    batch: Batch,
-    open: Option<OpenTx>,
-    last_published: Lsn,
-    last_publish_at: Instant,
+    batcher: Batcher,
+    /// The context of the transaction being read, for transforms and dead letters.
+    open: Option<TxContext>,
+    /// Messages decided and not yet published.
+    out: Vec<Outgoing>,
     received: Lsn,
 }
 
 /// Streams the slot until `shutdown` fires, then publishes what is whole,
 /// waits for its confirms, confirms them to PostgreSQL, and returns.
+///
+/// A publish that RabbitMQ refuses or returns ends the stream with an error:
+/// the slot was confirmed only up to the messages before it, so the next
+/// attempt resumes from there and sends the refused transactions again. Any
+/// message RabbitMQ accepted after the refused one names a predecessor the
+/// apply has not reached, and is never applied.
 pub async fn run(
     pipeline: &str,
     target: &PgTarget,
@@ -134,22 +114,22 @@ pub async fn run(
     let (confirmed_tx, mut confirmed_rx) = watch::channel(start);
     let mut tracker = tokio::spawn(track(track_rx, confirmed_tx));
     let mut watcher = transforms.reloads;
+    let batcher = Batcher::new(
+        pipeline,
+        opts.limits.clone(),
+        transforms.chain.hashes().to_vec(),
+        start,
+        Instant::now(),
+    );
     let mut capture = Capture {
         pipeline,
         broker,
         chain: transforms.chain,
         next_chain: None,
-        opts,
         tracker: track_tx,
-        batch: Batch {
-            transactions: Vec::new(),
-            changes: 0,
-            last_lsn: start,
-            since: None,
-        },
+        batcher,
         open: None,
-        last_published: start,
-        last_publish_at: Instant::now(),
+        out: Vec::new(),
         received: start,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -159,7 +139,7 @@ pub async fn run(
 
     let outcome: Result<(), CaptureError> = async {
         loop {
-            let linger_at = capture.batch.since.map(|t| t + opts.linger);
+            let linger_at = capture.batcher.linger_deadline();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
@@ -174,7 +154,7 @@ pub async fn run(
                         }
                         Frame::Keepalive { wal_end, reply_requested } => {
                             capture.received = capture.received.max(wal_end);
-                            capture.on_keepalive(wal_end);
+                            capture.batcher.keepalive(wal_end);
                             if reply_requested {
                                 let flush = *confirmed_rx.borrow_and_update();
                                 stream.send_status(capture.received, flush, false).await.map_err(|e| target.replication_error(e))?;
@@ -183,10 +163,10 @@ pub async fn run(
                         }
                     }
                 }
-                _ = sleep_until_opt(linger_at) => capture.flush().await?,
+                _ = sleep_until_opt(linger_at) => capture.tick().await?,
                 Some(chain) = next_chain(&mut watcher) => capture.next_chain = Some(chain),
                 _ = tick.tick() => {
-                    capture.heartbeat().await?;
+                    capture.tick().await?;
                     let flush = *confirmed_rx.borrow_and_update();
                     if flush != reported || reported_at.elapsed() >= Duration::from_secs(10) {
                         stream.send_status(capture.received, flush, false).await.map_err(|e| target.replication_error(e))?;
@@ -200,13 +180,14 @@ pub async fn run(
     outcome?;
 
     // Drain: publish whole transactions, wait for every confirm, and tell the server.
-    capture.flush().await?;
+    capture.batcher.flush(&mut capture.out);
+    capture.publish().await?;
     let Capture { tracker: track_tx, .. } = capture;
     drop(track_tx);
-    match tokio::time::timeout(Duration::from_secs(30), &mut tracker).await {
+    match tokio::time::timeout(Duration::from_secs(5), &mut tracker).await {
         Ok(joined) => tracker_result(joined)?,
         Err(_) => {
-            return Err(QueueError::NotConfirmed("confirms did not arrive within 30 s of shutdown".into()).into());
+            return Err(QueueError::NotConfirmed("confirms did not arrive within 5 s of shutdown".into()).into());
         }
     }
     let flush = *confirmed_rx.borrow();
@@ -238,6 +219,9 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 /// Awaits confirms in publish order and moves the confirmed position.
+///
+/// It stops at the first refused publish: the position never moves past a
+/// message RabbitMQ does not hold, even if later ones were accepted.
 async fn track(
     mut pending: mpsc::Receiver<(Option<Lsn>, PendingConfirm)>,
     confirmed: watch::Sender<Lsn>,
@@ -258,15 +242,10 @@ impl Capture<'_> {
             Err(e) => {
                 // Nothing can be made of it; keep it, with the reason, and go on.
                 tracing::error!(error = %e, "dead-lettering undecodable output");
-                let lsn = self
-                    .open
-                    .as_ref()
-                    .map(|o| o.context.commit_lsn.to_string())
-                    .unwrap_or_default();
                 let why = DeadLetter {
                     stage: "decode",
                     reason: e.to_string(),
-                    lsn,
+                    lsn: self.open.as_ref().map(|o| o.commit_lsn.to_string()).unwrap_or_default(),
                     table: String::new(),
                 };
                 self.broker.dead_letter(data, &why).await?;
@@ -281,142 +260,58 @@ impl Capture<'_> {
             } => {
                 if let Some(chain) = self.next_chain.take() {
                     // Every message names one chain version: publish what the old one made first.
-                    self.flush().await?;
+                    self.batcher.flush(&mut self.out);
                     tracing::info!(hashes = ?chain.hashes(), "swapped in the new transform chain");
+                    self.batcher.set_transforms(chain.hashes().to_vec());
                     self.chain = chain;
                 }
-                self.open = Some(OpenTx {
-                    context: TxContext {
-                        xid,
-                        commit_lsn,
-                        commit_time,
-                    },
-                    changes: Vec::new(),
-                    chunks: 0,
-                });
+                let context = TxContext {
+                    xid,
+                    commit_lsn,
+                    commit_time,
+                };
+                self.batcher.begin(context.clone());
+                self.open = Some(context);
             }
-            Event::Change(change) => self.on_change(change).await?,
-            Event::Commit { commit_lsn } => self.on_commit(commit_lsn).await?,
+            Event::Change(change) => {
+                let Some(context) = self.open.as_ref() else {
+                    return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
+                };
+                let mut changes = Vec::new();
+                transform_change(self.pipeline, &mut self.chain, self.broker, change, context, &mut changes).await?;
+                for change in changes {
+                    self.batcher.change(change, &mut self.out);
+                }
+            }
+            Event::Commit { commit_lsn } => {
+                if self.open.take().is_none() {
+                    return Err(SourceError::Replication("wal2json sent a commit outside a transaction".into()).into());
+                }
+                self.batcher.commit(commit_lsn, Instant::now(), &mut self.out);
+            }
             Event::Message => {}
         }
-        Ok(())
+        self.publish().await
     }
 
-    async fn on_change(&mut self, change: Change) -> Result<(), CaptureError> {
-        let Some(open) = self.open.as_mut() else {
-            return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
-        };
-        transform_change(
-            self.pipeline,
-            &mut self.chain,
-            self.broker,
-            change,
-            &open.context,
-            &mut open.changes,
-        )
-        .await?;
-        if open.changes.len() >= self.opts.chunk_changes {
-            self.publish_chunk(false).await?;
-        }
-        Ok(())
+    async fn tick(&mut self) -> Result<(), CaptureError> {
+        self.batcher.tick(Instant::now(), &mut self.out);
+        self.publish().await
     }
 
-    async fn on_commit(&mut self, commit_lsn: Lsn) -> Result<(), CaptureError> {
-        let Some(open) = self.open.as_ref() else {
-            return Err(SourceError::Replication("wal2json sent a commit outside a transaction".into()).into());
-        };
-        if open.chunks > 0 {
-            self.publish_chunk(true).await?;
-            self.open = None;
+    /// Publishes what the batcher decided, in order, each with the position it lets the slot be confirmed to.
+    async fn publish(&mut self) -> Result<(), CaptureError> {
+        if self.out.is_empty() {
             return Ok(());
         }
-        let Some(open) = self.open.take() else { return Ok(()) };
-        if !open.changes.is_empty() {
-            self.batch.changes += open.changes.len();
-            self.batch.transactions.push(Transaction {
-                context: open.context,
-                changes: open.changes,
-            });
-            self.batch.since.get_or_insert_with(Instant::now);
+        for outgoing in std::mem::take(&mut self.out) {
+            let confirm = self.broker.publish(&outgoing.message).await?;
+            self.tracker
+                .send((outgoing.confirms, confirm))
+                .await
+                .map_err(|_| QueueError::NotConfirmed("the confirm tracker stopped".into()))?;
         }
-        self.batch.last_lsn = self.batch.last_lsn.max(commit_lsn);
-        if self.batch.changes >= self.opts.batch_changes {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Between transactions, the server has sent everything up to `wal_end`.
-    fn on_keepalive(&mut self, wal_end: Lsn) {
-        if self.open.is_none() {
-            self.batch.last_lsn = self.batch.last_lsn.max(wal_end);
-        }
-    }
-
-    /// Publishes the batch of whole transactions, if any.
-    async fn flush(&mut self) -> Result<(), CaptureError> {
-        if self.batch.transactions.is_empty() {
-            self.batch.since = None;
-            return Ok(());
-        }
-        let transactions = std::mem::take(&mut self.batch.transactions);
-        let last_lsn = self.batch.last_lsn;
-        self.batch.changes = 0;
-        self.batch.since = None;
-        self.publish(transactions, last_lsn, None).await
-    }
-
-    /// When idle and behind, publishes an empty message so the slot can be confirmed past unrelated changes.
-    async fn heartbeat(&mut self) -> Result<(), CaptureError> {
-        let idle = self.open.is_none() && self.batch.transactions.is_empty();
-        if idle && self.batch.last_lsn > self.last_published && self.last_publish_at.elapsed() >= self.opts.heartbeat {
-            self.publish(Vec::new(), self.batch.last_lsn, None).await?;
-        }
-        Ok(())
-    }
-
-    /// Publishes the open transaction's changes so far as one chunk.
-    async fn publish_chunk(&mut self, last: bool) -> Result<(), CaptureError> {
-        // Earlier whole transactions go first, to keep commit order.
-        self.flush().await?;
-        let Some(open) = self.open.as_mut() else { return Ok(()) };
-        let chunk = Chunk {
-            index: open.chunks,
-            last,
-        };
-        open.chunks += 1;
-        let transaction = Transaction {
-            context: open.context.clone(),
-            changes: std::mem::take(&mut open.changes),
-        };
-        let lsn = transaction.context.commit_lsn;
-        if last {
-            self.batch.last_lsn = self.batch.last_lsn.max(lsn);
-        }
-        self.publish(vec![transaction], lsn, Some(chunk)).await
-    }
-
-    async fn publish(
-        &mut self,
-        transactions: Vec<Transaction>,
-        last_lsn: Lsn,
-        chunk: Option<Chunk>,
-    ) -> Result<(), CaptureError> {
-        let message = Message {
-            chunk,
-            ..Message::new(self.pipeline, self.chain.hashes(), transactions, last_lsn)
-        };
-        let confirm = self.broker.publish(&message).await?;
-        // Only a transaction's final message moves the confirmed position.
-        let moves = chunk.is_none_or(|c| c.last).then_some(last_lsn);
-        self.tracker
-            .send((moves, confirm))
-            .await
-            .map_err(|_| QueueError::NotConfirmed("the confirm tracker stopped".into()))?;
-        if moves.is_some() {
-            self.last_published = last_lsn;
-        }
-        self.last_publish_at = Instant::now();
+        self.batcher.published(Instant::now());
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! queues with at-least-once dead-lettering, so a message that exceeds the
 //! delivery limit is moved, never dropped.
 
+pub mod batcher;
 pub mod capture;
 
 use std::time::Duration;
@@ -40,6 +41,28 @@ pub enum QueueError {
     /// The broker refused or lost a publish.
     #[error("RabbitMQ did not accept a message: {0}; the capture stops and resumes from the last confirmed position")]
     NotConfirmed(String),
+    /// A message larger than RabbitMQ accepts; sending it again cannot help.
+    #[error(
+        "a message of {bytes} bytes is larger than the {limit}-byte limit for one message (one change at LSN {lsn} is that large by itself); raise max-message-bytes and RabbitMQ's max_message_size above it"
+    )]
+    TooLarge {
+        /// The message's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+        /// The commit LSN of its transaction.
+        lsn: String,
+    },
+    /// The queue exists with other arguments than this version declares.
+    #[error(
+        "the queue {queue} was declared by an earlier wasmcdc without single-active-consumer ({reason}); stop the pipeline's processes, let the apply drain it, delete it with `rabbitmqctl delete_queue {queue}`, and start again"
+    )]
+    OldQueue {
+        /// The queue.
+        queue: String,
+        /// What RabbitMQ said.
+        reason: String,
+    },
     /// Any other broker error.
     #[error("RabbitMQ error while {doing}: {source}")]
     Broker {
@@ -80,12 +103,18 @@ impl Names {
     }
 }
 
+/// The largest message body published by default: RabbitMQ 4's default
+/// `max_message_size` (3.x allows 128 MiB). A larger body would close the channel.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// A connection to RabbitMQ with one channel in confirm mode.
 pub struct Broker {
     connection: Connection,
     channel: Channel,
     /// This pipeline's object names.
     pub names: Names,
+    /// The largest message body this broker is sent.
+    pub max_message_bytes: usize,
 }
 
 /// Why a change was dead-lettered, carried as message headers.
@@ -129,6 +158,7 @@ impl Broker {
             connection,
             channel,
             names: Names::new(pipeline),
+            max_message_bytes: MAX_MESSAGE_BYTES,
         })
     }
 
@@ -182,7 +212,19 @@ impl Broker {
                 quorum_args(&n.dlx),
             )
             .await
-            .map_err(broker("declaring the queue"))?;
+            .map_err(|e| {
+                if e.is_amqp_soft_error() && e.to_string().contains("inequivalent arg") {
+                    QueueError::OldQueue {
+                        queue: n.queue.clone(),
+                        reason: e.to_string(),
+                    }
+                } else {
+                    QueueError::Broker {
+                        doing: "declaring the queue",
+                        source: e,
+                    }
+                }
+            })?;
         self.channel
             .queue_bind(
                 n.queue.as_str().into(),
@@ -199,6 +241,13 @@ impl Broker {
     /// Publishes a change message (persistent, mandatory) and returns its pending confirm.
     pub async fn publish(&self, message: &Message) -> Result<PendingConfirm, QueueError> {
         let body = serde_json::to_vec(message).map_err(|e| QueueError::NotConfirmed(e.to_string()))?;
+        if body.len() > self.max_message_bytes {
+            return Err(QueueError::TooLarge {
+                bytes: body.len(),
+                limit: self.max_message_bytes,
+                lsn: message.last_lsn.to_string(),
+            });
+        }
         let id = match message.chunk {
             Some(c) => format!("{}:{}:{}", message.pipeline, message.last_lsn, c.index),
             None => format!("{}:{}", message.pipeline, message.last_lsn),
@@ -400,9 +449,12 @@ impl PendingConfirm {
     }
 }
 
-/// The change queue: quorum, dead-lettering at least once (which needs reject-publish overflow).
+/// The change queue: quorum, dead-lettering at least once (which needs
+/// reject-publish overflow), and one active consumer: a second apply is a
+/// standby that RabbitMQ switches to when the first goes away.
 fn quorum_args(dead_letter_exchange: &str) -> FieldTable {
     let mut args = FieldTable::default();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     for (k, v) in [
         ("x-queue-type", "quorum"),
         ("x-dead-letter-exchange", dead_letter_exchange),

@@ -1,0 +1,238 @@
+//! The statements that write changes into target tables: bound parameters and
+//! quoted identifiers always, multi-row INSERTs bounded by rows, parameters and bytes.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::mysql::{MySqlArguments, MySqlPool};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, MySql, Row};
+
+use crate::catalog::{my_ident, target_table};
+use crate::change::{Change, Column, Op, Value};
+
+/// The columns each target table is known to have, read once per table.
+pub(super) type KnownColumns = HashMap<String, HashSet<String>>;
+
+/// Adds columns that changes carry but their target table lacks (a column added
+/// in PostgreSQL), before the group's transaction: in MariaDB, DDL would commit
+/// that transaction half-way. Rows that existed before hold NULL in the new column.
+pub(super) async fn add_new_columns<'a>(
+    pool: &MySqlPool,
+    known: &mut KnownColumns,
+    changes: impl Iterator<Item = &'a Change>,
+) -> Result<(), sqlx::Error> {
+    for change in changes.filter(|c| matches!(c.op, Op::Insert | Op::Update)) {
+        let table = target_table(&change.schema, &change.table);
+        if !known.contains_key(&table) {
+            let columns: HashSet<String> = sqlx::query(
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
+            )
+            .bind(&table)
+            .fetch_all(pool)
+            .await
+            ?
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+            known.insert(table.clone(), columns);
+        }
+        let Some(columns) = known.get_mut(&table) else { continue };
+        // A table that does not exist has no columns; the write then fails and is dead-lettered with the reason.
+        if columns.is_empty() {
+            continue;
+        }
+        for column in &change.columns {
+            if columns.contains(&column.name) {
+                continue;
+            }
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {} NULL",
+                my_ident(&table),
+                my_ident(&column.name),
+                crate::catalog::mariadb_type(&column.pg_type, false)
+            );
+            sqlx::query(AssertSqlSafe(sql)).execute(pool).await?;
+            tracing::warn!(%table, column = %column.name, pg_type = %column.pg_type, "added a column that appeared in the source; rows that existed before hold NULL in it");
+            columns.insert(column.name.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Most rows one multi-row INSERT carries; MariaDB also caps a statement at 65 535 parameters.
+const INSERT_ROWS: usize = 500;
+
+/// The largest statement sent by default, well under MariaDB's default `max_allowed_packet` (16 MiB).
+const DEFAULT_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many bytes of values one multi-row statement may carry: half the server's
+/// `max_allowed_packet`, read once, so the packet limit is never reached by batching.
+pub async fn statement_bytes(pool: &MySqlPool) -> usize {
+    static BYTES: tokio::sync::OnceCell<usize> = tokio::sync::OnceCell::const_new();
+    *BYTES
+        .get_or_init(|| async {
+            match sqlx::query_scalar::<_, u64>("SELECT @@max_allowed_packet").fetch_one(pool).await {
+                Ok(packet) => usize::try_from(packet / 2).unwrap_or(DEFAULT_STATEMENT_BYTES).max(64 * 1024),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read max_allowed_packet; using the default statement size");
+                    DEFAULT_STATEMENT_BYTES
+                }
+            }
+        })
+        .await
+}
+
+/// Applies changes in order; runs of inserts into the same table and columns
+/// become multi-row INSERTs, which MariaDB executes far faster than single rows.
+/// A statement carries at most `max_bytes` of values (a larger single row goes alone).
+pub(super) async fn apply_changes(
+    tx: &mut sqlx::MySqlConnection,
+    changes: &[Change],
+    max_bytes: usize,
+) -> Result<(), sqlx::Error> {
+    let same_shape = |a: &Change, b: &Change| {
+        b.op == Op::Insert
+            && a.table == b.table
+            && a.schema == b.schema
+            && a.columns.len() == b.columns.len()
+            && a.columns.iter().zip(&b.columns).all(|(x, y)| x.name == y.name)
+    };
+    let mut i = 0;
+    while i < changes.len() {
+        let first = &changes[i];
+        if first.op != Op::Insert {
+            apply_change(tx, first).await?;
+            i += 1;
+            continue;
+        }
+        let most = INSERT_ROWS.min(65_535 / first.columns.len().max(1));
+        let mut bytes = first.approx_bytes();
+        let mut end = i + 1;
+        while end < changes.len() && end - i < most && same_shape(first, &changes[end]) {
+            bytes += changes[end].approx_bytes();
+            if bytes > max_bytes {
+                break;
+            }
+            end += 1;
+        }
+        insert_rows(tx, &changes[i..end]).await?;
+        i = end;
+    }
+    Ok(())
+}
+
+/// One INSERT for rows of the same table and columns.
+async fn insert_rows(tx: &mut sqlx::MySqlConnection, rows: &[Change]) -> Result<(), sqlx::Error> {
+    let Some(first) = rows.first() else { return Ok(()) };
+    let row = format!("({})", vec!["?"; first.columns.len()].join(", "));
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        my_ident(&target_table(&first.schema, &first.table)),
+        first
+            .columns
+            .iter()
+            .map(|c| my_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", "),
+        vec![row; rows.len()].join(", ")
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for column in rows.iter().flat_map(|r| &r.columns) {
+        query = bind(query, column)?;
+    }
+    query.execute(&mut *tx).await?;
+    Ok(())
+}
+
+async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result<(), sqlx::Error> {
+    let table = my_ident(&target_table(&change.schema, &change.table));
+    let present: Vec<_> = change
+        .columns
+        .iter()
+        .filter(|c| c.value != Value::UnchangedToast)
+        .collect();
+    // Null-safe equality: a FULL identity may hold NULLs. LIMIT 1: without a primary key,
+    // identical rows are interchangeable, and the source changed exactly one of them.
+    let key_clause = || {
+        change
+            .key
+            .iter()
+            .map(|k| format!("{} <=> ?", my_ident(&k.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let (sql, values): (String, Vec<&Column>) = match change.op {
+        Op::Insert => return insert_rows(tx, std::slice::from_ref(change)).await,
+        Op::Update => (
+            format!(
+                "UPDATE {table} SET {} WHERE {} LIMIT 1",
+                present
+                    .iter()
+                    .map(|c| format!("{} = ?", my_ident(&c.name)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                key_clause()
+            ),
+            present.iter().copied().chain(change.key.iter()).collect(),
+        ),
+        Op::Delete => (
+            format!("DELETE FROM {table} WHERE {} LIMIT 1", key_clause()),
+            change.key.iter().collect(),
+        ),
+        // TRUNCATE would commit the surrounding transaction in MariaDB.
+        Op::Truncate => (format!("DELETE FROM {table}"), Vec::new()),
+    };
+    if matches!(change.op, Op::Update | Op::Delete) && change.key.is_empty() {
+        return Err(sqlx::Error::Protocol(format!(
+            "{:?} on {} carries no key to find the row by",
+            change.op,
+            change.qualified_table()
+        )));
+    }
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for v in values {
+        query = bind(query, v)?;
+    }
+    let done = query.execute(&mut *tx).await?;
+    if change.op == Op::Update && done.rows_affected() == 0 {
+        return Err(sqlx::Error::Protocol(format!(
+            "update on {} found no row with key {}",
+            change.qualified_table(),
+            describe_key(change)
+        )));
+    }
+    Ok(())
+}
+
+fn describe_key(change: &Change) -> String {
+    change
+        .key
+        .iter()
+        .map(|k| format!("{}={}", k.name, serde_json::to_string(&k.value).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+type MyQuery<'q> = Query<'q, MySql, MySqlArguments>;
+
+/// Binds one value as a parameter; values are never pasted into SQL.
+fn bind<'q>(query: MyQuery<'q>, column: &'q Column) -> Result<MyQuery<'q>, sqlx::Error> {
+    Ok(match &column.value {
+        Value::Null => query.bind(None::<String>),
+        Value::Bool(b) => query.bind(*b),
+        Value::Int(i) => query.bind(*i),
+        // A real is a single-precision float: as a double, its largest values overflow MariaDB's FLOAT.
+        Value::Float(f) if column.pg_type == "real" => query.bind(*f as f32),
+        Value::Float(f) => query.bind(*f),
+        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Date(s) | Value::Time(s) | Value::Timestamp(s) => {
+            query.bind(s.as_str())
+        }
+        // Captured in UTC; DATETIME has no zone, so the offset is dropped.
+        Value::Timestamptz(s) => query.bind(s.strip_suffix("+00").unwrap_or(s).to_owned()),
+        Value::Bytes(b) => query.bind(b.as_slice()),
+        Value::UnchangedToast => {
+            return Err(sqlx::Error::Protocol("an unchanged TOAST value cannot be bound".into()));
+        }
+    })
+}
+
