@@ -114,7 +114,14 @@ async fn unrelated_writes_never_hold_back_the_slot() {
         "SELECT CAST(table_name AS CHAR) FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY 1",
     )
     .await;
-    assert_eq!(tables, vec![row(&[Some("wasmcdc_offsets")]), row(&[Some("watched")])]);
+    assert_eq!(
+        tables,
+        vec![
+            row(&[Some("wasmcdc_offsets")]),
+            row(&[Some("wasmcdc_staged")]),
+            row(&[Some("watched")])
+        ]
+    );
     my.close().await;
     broker::assert_no_dead_letters(&pipeline.slot, &running).await;
 
