@@ -117,6 +117,32 @@ impl Assembler {
         self.staged
     }
 
+    /// Whether `message` would be refused as coming after a gap or a missing chunk.
+    ///
+    /// Before refusing, the caller commits what it holds and re-reads the offset and the
+    /// staging table: a standby apply that RabbitMQ has just made active holds the
+    /// position of when it started, and the target has moved on since.
+    pub fn needs_resync(&self, message: &Message) -> bool {
+        if message.replay || message.last_lsn <= self.reached {
+            return false;
+        }
+        if message.prev_lsn.is_some_and(|p| p > self.reached) {
+            return true;
+        }
+        match message.chunk {
+            Some(c) if c.index > 0 => !self
+                .staged
+                .is_some_and(|s| s.commit_lsn == message.last_lsn && c.index <= s.next),
+            _ => false,
+        }
+    }
+
+    /// Takes the target's recorded position and staging, when they are ahead of what this apply knew.
+    pub fn resync(&mut self, offset: Lsn, staged: Option<Staged>) {
+        self.reached = self.reached.max(offset);
+        self.staged = staged.filter(|s| s.commit_lsn > self.reached);
+    }
+
     /// Decides what to do with `message`.
     pub fn on_message(&mut self, message: Message) -> Step {
         if message.replay {
@@ -448,6 +474,40 @@ mod tests {
             other => panic!("expected Apply, got {other:?}"),
         }
         assert_eq!(a.staged(), None);
+    }
+
+    #[test]
+    fn a_standby_made_active_catches_up_with_the_target_before_judging_a_gap() {
+        // Started at offset 10; the active apply has since committed up to 40 and staged two chunks of 90.
+        let mut a = Assembler::new(Lsn(10), None);
+        let next = msg(40, &[50], 50);
+        assert!(a.needs_resync(&next));
+        a.resync(Lsn(40), None);
+        assert!(!a.needs_resync(&next));
+        assert_eq!(applied(a.on_message(next)), [50]);
+
+        let mut a = Assembler::new(Lsn(10), None);
+        let tail = chunk(40, 90, 2, true);
+        assert!(a.needs_resync(&tail));
+        let staged = Staged {
+            commit_lsn: Lsn(90),
+            prev_lsn: Lsn(40),
+            next: 2,
+        };
+        a.resync(Lsn(40), Some(staged));
+        assert!(!a.needs_resync(&tail));
+        assert!(matches!(a.on_message(tail), Step::Finish { index: 2, .. }));
+        // An older offset from the target never moves the position back.
+        a.resync(Lsn(5), None);
+        assert_eq!(a.reached(), Lsn(90));
+    }
+
+    #[test]
+    fn contiguous_messages_need_no_resync() {
+        let a = Assembler::new(Lsn(10), None);
+        assert!(!a.needs_resync(&msg(10, &[20], 20)));
+        assert!(!a.needs_resync(&chunk(10, 50, 0, false)));
+        assert!(!a.needs_resync(&msg(0, &[5], 5)), "already applied");
     }
 
     #[test]

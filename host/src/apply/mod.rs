@@ -436,6 +436,13 @@ impl Apply<'_> {
                 return self.settle(tag).await;
             }
         };
+        if self.assembler.needs_resync(&message) {
+            // What this apply holds goes in first, so the target's offset is current.
+            self.commit().await?;
+            let offset = applied_offset(self.pool, self.pipeline).await?.unwrap_or_default();
+            let staged = staging::restore(self.pool, self.pipeline, offset).await?;
+            self.assembler.resync(offset, staged);
+        }
         let transforms = message.transforms.clone();
         let chunk_body = message.chunk.map(|_| (message.prev_lsn, body));
         let first_lsn = message.first_lsn;
