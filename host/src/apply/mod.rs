@@ -243,6 +243,16 @@ enum Refused {
     Stopped,
 }
 
+impl From<Refused> for ApplyError {
+    /// A write that was not done where the data cannot be at fault (staging, offsets, columns): it stops the apply.
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Stopped => ApplyError::Stopped,
+            Refused::Data(e) => db_error(e),
+        }
+    }
+}
+
 /// Runs `write` until it succeeds, fails because of the data, or `shutdown` fires,
 /// retrying transient failures with backoff. The deliveries stay unacknowledged meanwhile.
 async fn retrying<T>(
@@ -465,7 +475,7 @@ impl Apply<'_> {
                         staging::clear(pool, pipeline).await
                     })
                     .await
-                    .map_err(|r| self.refused(r))?;
+                    .map_err(ApplyError::from)?;
                 }
                 self.add(tag, before, body.len(), transactions, Some(to), transforms).await
             }
@@ -503,7 +513,7 @@ impl Apply<'_> {
                     staging::stage(pool, pipeline, commit_lsn, prev, index, body).await
                 })
                 .await
-                .map_err(|r| self.refused(r))?;
+                .map_err(ApplyError::from)?;
                 if index % 100 == 0 {
                     tracing::info!(lsn = %commit_lsn, chunk = index, "staging a large transaction");
                 }
@@ -518,15 +528,6 @@ impl Apply<'_> {
                 self.finish(commit_lsn, index, prev_lsn, body, &transforms).await?;
                 self.ack(tag).await
             }
-        }
-    }
-
-    /// A write that was not done: a shutdown ends the session; data errors here are not the data's
-    /// (staging tables are ours), so they stop the apply.
-    fn refused(&self, r: Refused) -> ApplyError {
-        match r {
-            Refused::Stopped => ApplyError::Stopped,
-            Refused::Data(e) => db_error(e),
         }
     }
 
@@ -596,10 +597,7 @@ impl Apply<'_> {
             add_new_columns(pool, known, changes()).await
         })
         .await
-        .map_err(|r| match r {
-            Refused::Stopped => ApplyError::Stopped,
-            Refused::Data(e) => db_error(e),
-        })?;
+        .map_err(ApplyError::from)?;
         match retrying("applying a group of transactions", self.shutdown, async || {
             apply_units(pool, pipeline, group.from, &group.units, max_bytes).await
         })
@@ -684,10 +682,7 @@ impl Apply<'_> {
                         apply_units(pool, pipeline, from, std::slice::from_ref(&skip), max_bytes).await
                     })
                     .await
-                    .map_err(|r| match r {
-                        Refused::Stopped => ApplyError::Stopped,
-                        Refused::Data(e) => db_error(e),
-                    })?;
+                    .map_err(ApplyError::from)?;
                 }
             }
             from = to.unwrap_or(from);
@@ -714,10 +709,7 @@ impl Apply<'_> {
             add_new_columns(pool, known, final_chunk.transactions.iter().flat_map(|t| &t.changes)).await
         })
         .await
-        .map_err(|r| match r {
-            Refused::Stopped => ApplyError::Stopped,
-            Refused::Data(e) => db_error(e),
-        })?;
+        .map_err(ApplyError::from)?;
         let applied = retrying("applying a large transaction", self.shutdown, async || {
             apply_staged(pool, pipeline, commit_lsn, index, prev_lsn, &final_chunk, transforms, max_bytes).await
         })
@@ -774,10 +766,7 @@ impl Apply<'_> {
             apply_units(pool, pipeline, Lsn(0), std::slice::from_ref(&skip), max_bytes).await
         })
         .await
-        .map_err(|r| match r {
-            Refused::Stopped => ApplyError::Stopped,
-            Refused::Data(e) => db_error(e),
-        })
+        .map_err(ApplyError::from)
     }
 
     /// The stream has a gap and the queue is quiet: if the slot has moved past the
