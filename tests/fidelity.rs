@@ -602,3 +602,28 @@ async fn a_table_without_a_key_replicates_with_replica_identity_full() {
     pipeline.assert_verified().await;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytea_survives_a_database_that_prints_it_as_escape() {
+    let env = Env::new("byteaesc").await;
+    env.pg_exec(&format!("ALTER DATABASE {} SET bytea_output = 'escape'", env.pg_db))
+        .await;
+    env.pg_exec("CREATE TABLE blobs (id integer PRIMARY KEY, b bytea)").await;
+    env.pg_exec("INSERT INTO blobs VALUES (1, '\\x00ff5c27'::bytea)").await;
+    let pipeline = env.pipeline().tables("public.blobs");
+    let mut running = env.start(&pipeline).await;
+    // Streamed rows go through wal2json, which prints with the session's bytea_output.
+    env.pg_exec("INSERT INTO blobs VALUES (2, '\\xdeadbeef00'::bytea), (3, convert_to('héllo\\', 'UTF8'))")
+        .await;
+    env.wait_replicated(
+        &pipeline,
+        &mut running,
+        "SELECT id::text, encode(b, 'hex') FROM blobs",
+        "SELECT CAST(id AS CHAR), LOWER(HEX(b)) FROM blobs",
+        secs(60),
+    )
+    .await;
+    broker::assert_no_dead_letters(&pipeline.slot, &running).await;
+    pipeline.assert_verified().await;
+    running.stop().await;
+}

@@ -155,7 +155,7 @@ impl PgTarget {
     /// Opens an ordinary SQL connection, with the session in UTC.
     pub async fn sql(&self) -> Result<Client, SourceError> {
         let mut cfg = self.config.clone();
-        cfg.options("-c TimeZone=UTC -c DateStyle=ISO,YMD")
+        cfg.options("-c TimeZone=UTC -c DateStyle=ISO,YMD -c bytea_output=hex -c IntervalStyle=postgres")
             .connect_timeout(std::time::Duration::from_secs(10))
             .ssl_mode(match self.tls.mode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,

@@ -133,6 +133,10 @@ impl ReplicationClient {
             ("application_name", "wasmcdc"),
             ("TimeZone", "UTC"),
             ("DateStyle", "ISO, YMD"),
+            // wal2json prints values with the session's output functions: pin the settings
+            // a database or role default could change (bytea as escape would garble bytes).
+            ("bytea_output", "hex"),
+            ("IntervalStyle", "postgres"),
             ("client_encoding", "UTF8"),
         ];
         frontend::startup_message(params.iter().copied(), &mut buf).map_err(|e| client.io(e))?;
