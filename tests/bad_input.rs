@@ -117,3 +117,28 @@ async fn transform_that_is_not_a_component() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_alone_never_starts_over_a_pipeline_with_history() {
+    let (env, p) = seeded("nofresh").await;
+    let mut running = env.start(&p).await;
+    env.pg_exec("INSERT INTO itrequests (details, duedate, fulfilled) VALUES ('applied', '2026-01-01', false)")
+        .await;
+    let expected = vec![crate::support::row(&[Some("applied")])];
+    env.wait_target(&p, &mut running, "SELECT details FROM itrequests", &expected, secs(60))
+        .await;
+    running.stop().await;
+    // The slot is lost (dropped by hand, or recreated by someone) while the target holds applied changes.
+    env.pg_exec(&format!("SELECT pg_drop_replication_slot('{}')", p.slot)).await;
+    env.pg_exec("INSERT INTO itrequests (details, duedate, fulfilled) VALUES ('lost', '2026-01-02', false)")
+        .await;
+
+    let line = p
+        .expect_error(&["capture"], &["slot", "wasmcdc slot drop"], secs(60))
+        .await;
+    assert!(line.contains("gone") || line.contains("missing"), "{line}");
+    let slots = env
+        .pg_rows(&format!("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = '{}'", p.slot))
+        .await;
+    assert!(slots.is_empty(), "capture created a fresh slot for a pipeline with history: {slots:?}");
+}
