@@ -171,6 +171,10 @@ pub struct Chunk {
     pub index: u32,
     /// Whether this is the transaction's final chunk.
     pub last: bool,
+    /// The capture session that cut it: chunks of one transaction from two sessions
+    /// (a re-send after a restart, perhaps through another transform version) never mix.
+    #[serde(default)]
+    pub session: u64,
 }
 
 /// The unit published to RabbitMQ: whole consecutive transactions, or one

@@ -25,6 +25,8 @@ pub struct Staged {
     pub prev_lsn: Lsn,
     /// The index of the next chunk expected; chunks `0..next` are staged.
     pub next: u32,
+    /// The capture session that cut the staged chunks; only its chunks continue them.
+    pub session: u64,
 }
 
 /// What to do with one message.
@@ -132,7 +134,7 @@ impl Assembler {
         match message.chunk {
             Some(c) if c.index > 0 => !self
                 .staged
-                .is_some_and(|s| s.commit_lsn == message.last_lsn && c.index <= s.next),
+                .is_some_and(|s| s.commit_lsn == message.last_lsn && s.session == c.session && c.index <= s.next),
             _ => false,
         }
     }
@@ -188,6 +190,7 @@ impl Assembler {
                 commit_lsn: last,
                 prev_lsn: prev,
                 next: 1,
+                session: chunk.session,
             });
             self.waiting = false;
             if chunk.last {
@@ -199,7 +202,9 @@ impl Assembler {
                 restart,
             };
         }
-        match self.staged.as_mut() {
+        // Only chunks cut by the session that cut the staged ones continue them: another
+        // session's copy of the transaction may differ (another transform version).
+        match self.staged.as_mut().filter(|s| s.session == chunk.session) {
             Some(s) if s.commit_lsn == last && chunk.index == s.next => {
                 s.next += 1;
                 if chunk.last {
@@ -269,7 +274,7 @@ mod tests {
 
     fn chunk(prev: u64, commit: u64, index: u32, last: bool) -> Message {
         let mut m = msg(prev, &[commit], commit);
-        m.chunk = Some(Chunk { index, last });
+        m.chunk = Some(Chunk { index, last, session: 1 });
         m
     }
 
@@ -407,6 +412,29 @@ mod tests {
     }
 
     #[test]
+    fn chunks_of_another_session_never_continue_staged_ones() {
+        // Chunks 0-1 of copy 1 are staged; the capture restarts, its chunk 0 is refused,
+        // and chunks 1-3 of copy 2 are accepted.
+        let mut a = Assembler::new(Lsn(10), None);
+        a.on_message(chunk(10, 50, 0, false));
+        a.on_message(chunk(10, 50, 1, false));
+        let other = |index, last| {
+            let mut m = chunk(10, 50, index, last);
+            m.chunk = Some(Chunk { index, last, session: 2 });
+            m
+        };
+        assert!(a.needs_resync(&other(1, false)));
+        assert!(matches!(a.on_message(other(1, false)), Step::MissingChunk { .. }));
+        assert!(matches!(a.on_message(other(2, false)), Step::MissingChunk { .. }));
+        assert!(matches!(a.on_message(other(3, true)), Step::MissingChunk { .. }));
+        assert_eq!(a.reached(), Lsn(10), "no mixed copy is ever applied");
+        // The next session re-sends from its first chunk.
+        let mut first = chunk(10, 50, 0, false);
+        first.chunk = Some(Chunk { index: 0, last: false, session: 3 });
+        assert!(matches!(a.on_message(first), Step::Stage { restart: true, .. }));
+    }
+
+    #[test]
     fn a_tail_without_its_head_is_missing_chunks() {
         // Chunk 0 never arrived (refused, or dead-lettered).
         let mut a = Assembler::new(Lsn(10), None);
@@ -435,6 +463,7 @@ mod tests {
             commit_lsn: Lsn(50),
             prev_lsn: Lsn(10),
             next: 3,
+            session: 1,
         };
         let mut a = Assembler::new(Lsn(10), Some(staged));
         assert_eq!(a.on_message(chunk(10, 50, 2, false)), Step::Skip);
@@ -454,6 +483,7 @@ mod tests {
             commit_lsn: Lsn(50),
             prev_lsn: Lsn(10),
             next: 3,
+            session: 1,
         };
         assert_eq!(Assembler::new(Lsn(50), Some(staged)).staged(), None);
     }
@@ -493,6 +523,7 @@ mod tests {
             commit_lsn: Lsn(90),
             prev_lsn: Lsn(40),
             next: 2,
+            session: 1,
         };
         a.resync(Lsn(40), Some(staged));
         assert!(!a.needs_resync(&tail));

@@ -206,8 +206,16 @@ fn db_error(e: sqlx::Error) -> ApplyError {
 
 /// MariaDB errors that say nothing about the data: waiting and trying again will succeed.
 const TRANSIENT_CODES: &[u16] = &[
+    1021, // disk full
+    1037, 1038, 1041, // out of memory
     1040, // too many connections
     1053, // server shutdown in progress
+    1114, // table full
+    1180, 1181, // commit or rollback failed in the engine
+    1197, // binlog cache too small for the transaction
+    1206, // lock table full
+    1615, // prepared statement needs re-preparing
+    1969, // statement timeout
     1152, // aborted connection
     1158, 1159, 1160, 1161, // network read or write failed or timed out
     1205, // lock wait timeout
@@ -417,7 +425,7 @@ fn decode_message(body: &[u8], pipeline: &str) -> Result<Message, String> {
         serde_json::from_slice(body).map_err(|e| format!("the message body is not a wasmcdc change message: {e}"))?;
     if !(OLDEST_MESSAGE_FORMAT..=MESSAGE_FORMAT).contains(&message.format) {
         return Err(format!(
-            "the message has format version {}, but this wasmcdc reads versions {OLDEST_MESSAGE_FORMAT} to {MESSAGE_FORMAT}; upgrade wasmcdc",
+            "{NEWER_FORMAT} {}, but this wasmcdc reads versions {OLDEST_MESSAGE_FORMAT} to {MESSAGE_FORMAT}; upgrade wasmcdc",
             message.format
         ));
     }
@@ -434,6 +442,9 @@ impl Apply<'_> {
     async fn on_delivery(&mut self, tag: u64, body: &[u8]) -> Result<(), ApplyError> {
         let message = match decode_message(body, self.pipeline) {
             Ok(m) => m,
+            // A message of ours this version cannot read: dead-lettering it would leave a
+            // gap in the stream, so the apply stops and it stays in the queue.
+            Err(reason) if reason.starts_with(NEWER_FORMAT) => return Err(ApplyError::Gap(reason)),
             Err(reason) => {
                 tracing::error!(%reason, "dead-lettering a message that cannot be applied");
                 let why = DeadLetter {
@@ -446,6 +457,15 @@ impl Apply<'_> {
                 return self.settle(tag).await;
             }
         };
+        if message.chunk.is_some() {
+            // Columns added in PostgreSQL, before the final chunk applies every staged one.
+            let (pool, known) = (self.pool, &mut self.known);
+            retrying("adding new columns", self.shutdown, async || {
+                add_new_columns(pool, known, message.transactions.iter().flat_map(|t| &t.changes)).await
+            })
+            .await
+            .map_err(ApplyError::from)?;
+        }
         if self.assembler.needs_resync(&message) {
             // What this apply holds goes in first, so the target's offset is current.
             self.commit().await?;
@@ -454,7 +474,7 @@ impl Apply<'_> {
             self.assembler.resync(offset, staged);
         }
         let transforms = message.transforms.clone();
-        let chunk_body = message.chunk.map(|_| (message.prev_lsn, body));
+        let (chunk, prev_lsn) = (message.chunk, message.prev_lsn.unwrap_or_default());
         let first_lsn = message.first_lsn;
         let before = self.assembler.reached();
         match self.assembler.on_message(message) {
@@ -467,17 +487,19 @@ impl Apply<'_> {
                 to,
                 discard_staged,
             } => {
+                self.add(tag, before, body.len(), transactions, Some(to), transforms).await?;
                 if discard_staged {
                     self.commit().await?;
                     tracing::warn!(lsn = %to, "a transaction staged in chunks arrived whole; discarding the chunks");
                     let (pool, pipeline) = (self.pool, self.pipeline);
                     retrying("discarding staged chunks", self.shutdown, async || {
-                        staging::clear(pool, pipeline).await
+                        let mut conn = pool.acquire().await?;
+                        staging::delete_applied(&mut conn, pipeline, to).await
                     })
                     .await
                     .map_err(ApplyError::from)?;
                 }
-                self.add(tag, before, body.len(), transactions, Some(to), transforms).await
+                Ok(())
             }
             Step::Replay { transactions } => self.add(tag, before, body.len(), transactions, None, transforms).await,
             Step::Gap { reached, prev_lsn } => {
@@ -507,10 +529,14 @@ impl Apply<'_> {
                 if restart {
                     tracing::info!(lsn = %commit_lsn, "a large transaction is being sent again; staging it from its first chunk");
                 }
-                let prev = chunk_body.and_then(|(p, _)| p).unwrap_or_default();
+                let chunk = chunk.unwrap_or(crate::change::Chunk {
+                    index,
+                    last: false,
+                    session: 0,
+                });
                 let (pool, pipeline) = (self.pool, self.pipeline);
                 retrying("staging a chunk of a large transaction", self.shutdown, async || {
-                    staging::stage(pool, pipeline, commit_lsn, prev, index, body).await
+                    staging::stage(pool, pipeline, commit_lsn, prev_lsn, chunk, body).await
                 })
                 .await
                 .map_err(ApplyError::from)?;
@@ -760,9 +786,8 @@ impl Apply<'_> {
         };
         let max_bytes = self.statement_bytes;
         retrying("moving the offset past a dead-lettered transaction", self.shutdown, async || {
-            let mut tx = pool.begin().await?;
-            staging::delete(&mut tx, pipeline).await?;
-            tx.commit().await?;
+            let mut conn = pool.acquire().await?;
+            staging::delete_transaction(&mut conn, pipeline, commit_lsn).await?;
             apply_units(pool, pipeline, Lsn(0), std::slice::from_ref(&skip), max_bytes).await
         })
         .await
@@ -808,10 +833,17 @@ async fn slot_position(source: &PgTarget, pipeline: &str) -> Result<Option<Lsn>,
 
 /// The marker of an offsets row that moved under the apply, as an error.
 const OFFSET_MOVED_BACK: &str = "the offsets row moved back";
+/// The marker of a staged chunk that is not there.
+const STAGED_CHUNK_MISSING: &str = "a staged chunk is missing";
+/// The marker of a message in a format this version cannot read.
+const NEWER_FORMAT: &str = "the message has format version";
 
+/// Failures that no data causes and no retry cures: the apply stops with them.
 fn gap_error(e: &sqlx::Error) -> Option<ApplyError> {
     match e {
-        sqlx::Error::Protocol(m) if m.starts_with(OFFSET_MOVED_BACK) => Some(ApplyError::Gap(m.clone())),
+        sqlx::Error::Protocol(m) if m.starts_with(OFFSET_MOVED_BACK) || m.starts_with(STAGED_CHUNK_MISSING) => {
+            Some(ApplyError::Gap(m.clone()))
+        }
         _ => None,
     }
 }
@@ -882,7 +914,7 @@ async fn apply_staged(
     let mut tx = pool.begin().await?;
     let offset = offsets::lock(&mut tx, pipeline).await?;
     if offset >= commit_lsn {
-        staging::delete(&mut tx, pipeline).await?;
+        staging::delete_applied(&mut tx, pipeline, offset).await?;
         tx.commit().await?;
         return Ok(0);
     }
@@ -891,7 +923,8 @@ async fn apply_staged(
     for k in 0..index {
         let body = staging::chunk(&mut tx, pipeline, commit_lsn, k).await?.ok_or_else(|| {
             sqlx::Error::Protocol(format!(
-                "chunk {k} of the transaction committed at {commit_lsn} is missing from the staging table"
+                "{STAGED_CHUNK_MISSING}: chunk {k} of the transaction committed at {commit_lsn} is not in {}; another process removed it, so the apply stops rather than apply part of the transaction; restart it, and the capture's re-send or `wasmcdc verify` tells what is missing",
+                staging::STAGING_TABLE
             ))
         })?;
         // One chunk in memory at a time.
@@ -905,7 +938,7 @@ async fn apply_staged(
         apply_changes(&mut tx, &t.changes, max_bytes).await?;
         changes += t.changes.len();
     }
-    staging::delete(&mut tx, pipeline).await?;
+    staging::delete_applied(&mut tx, pipeline, commit_lsn).await?;
     offsets::write(&mut tx, pipeline, commit_lsn, &transforms.join(",")).await?;
     tx.commit().await?;
     Ok(changes)

@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::assembler::Staged;
 use super::{ApplyError, db_error};
 use crate::catalog::my_ident;
-use crate::change::Lsn;
+use crate::change::{Chunk, Lsn};
 
 /// The table that holds staged chunks, per pipeline.
 pub const STAGING_TABLE: &str = "wasmcdc_staged";
@@ -26,6 +26,7 @@ pub(super) async fn create(pool: &MySqlPool) -> Result<(), ApplyError> {
            commit_lsn BIGINT UNSIGNED NOT NULL, \
            chunk INT UNSIGNED NOT NULL, \
            prev_lsn BIGINT UNSIGNED NOT NULL, \
+           session BIGINT UNSIGNED NOT NULL, \
            body LONGBLOB NOT NULL, \
            PRIMARY KEY (pipeline, commit_lsn, chunk)\
          ) ENGINE=InnoDB",
@@ -35,31 +36,32 @@ pub(super) async fn create(pool: &MySqlPool) -> Result<(), ApplyError> {
     Ok(())
 }
 
-/// The transaction staged for `pipeline`, if its chunks are whole from the first
-/// and it is above `offset`; anything else staged is thrown away.
+/// The transaction staged for `pipeline` above `offset`, if its chunks are whole from the first.
+///
+/// Chunks of transactions at or below the offset are applied already and are removed.
+/// Anything else that does not continue from a first chunk is left for the first chunk
+/// of its transaction to replace, and is not resumed.
 pub(super) async fn restore(pool: &MySqlPool, pipeline: &str, offset: Lsn) -> Result<Option<Staged>, ApplyError> {
+    let mut conn = pool.acquire().await.map_err(db_error)?;
+    delete_applied(&mut conn, pipeline, offset).await.map_err(db_error)?;
     let sql = format!(
-        "SELECT commit_lsn, prev_lsn, COUNT(*), MAX(chunk) FROM {} WHERE pipeline = ? GROUP BY commit_lsn, prev_lsn",
+        "SELECT commit_lsn, prev_lsn, session, COUNT(*), MAX(chunk) FROM {} WHERE pipeline = ? \
+         GROUP BY commit_lsn, prev_lsn, session ORDER BY commit_lsn DESC",
         my_ident(STAGING_TABLE)
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(pipeline)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
     let staged = match rows.as_slice() {
-        [r] if r.get::<i64, _>(2) == i64::from(r.get::<u32, _>(3)) + 1 && r.get::<u64, _>(0) > offset.0 => {
-            Some(Staged {
-                commit_lsn: Lsn(r.get(0)),
-                prev_lsn: Lsn(r.get(1)),
-                next: r.get::<u32, _>(3) + 1,
-            })
-        }
-        [] => None,
-        _ => {
-            clear(pool, pipeline).await.map_err(db_error)?;
-            None
-        }
+        [r] if r.get::<i64, _>(3) == i64::from(r.get::<u32, _>(4)) + 1 => Some(Staged {
+            commit_lsn: Lsn(r.get(0)),
+            prev_lsn: Lsn(r.get(1)),
+            session: r.get(2),
+            next: r.get::<u32, _>(4) + 1,
+        }),
+        _ => None,
     };
     if let Some(s) = staged {
         tracing::info!(lsn = %s.commit_lsn, chunks = s.next, "resuming a large transaction staged before");
@@ -67,28 +69,31 @@ pub(super) async fn restore(pool: &MySqlPool, pipeline: &str, offset: Lsn) -> Re
     Ok(staged)
 }
 
-/// Stages one chunk; the first chunk replaces whatever was staged before.
+/// Stages one chunk; the first chunk replaces any earlier copy of its transaction.
 pub(super) async fn stage(
     pool: &MySqlPool,
     pipeline: &str,
     commit_lsn: Lsn,
     prev_lsn: Lsn,
-    index: u32,
+    chunk: Chunk,
     body: &[u8],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if index == 0 {
-        delete(&mut tx, pipeline).await?;
+    if chunk.index == 0 {
+        delete_transaction(&mut tx, pipeline, commit_lsn).await?;
     }
+    // A retry after a COMMIT whose outcome was lost finds the row there: same chunk, same body.
     let sql = format!(
-        "INSERT INTO {} (pipeline, commit_lsn, chunk, prev_lsn, body) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO {} (pipeline, commit_lsn, chunk, prev_lsn, session, body) VALUES (?, ?, ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE prev_lsn = VALUES(prev_lsn), session = VALUES(session), body = VALUES(body)",
         my_ident(STAGING_TABLE)
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(pipeline)
         .bind(commit_lsn.0)
-        .bind(index)
+        .bind(chunk.index)
         .bind(prev_lsn.0)
+        .bind(chunk.session)
         .bind(body)
         .execute(&mut *tx)
         .await?;
@@ -115,15 +120,41 @@ pub(super) async fn chunk(
         .map(|r| r.get(0)))
 }
 
-/// Removes everything `pipeline` has staged, inside `tx`.
-pub(super) async fn delete(tx: &mut sqlx::MySqlConnection, pipeline: &str) -> Result<(), sqlx::Error> {
-    let sql = format!("DELETE FROM {} WHERE pipeline = ?", my_ident(STAGING_TABLE));
-    sqlx::query(AssertSqlSafe(sql)).bind(pipeline).execute(&mut *tx).await?;
+/// Removes the staged chunks of the transaction committed at `commit_lsn`, inside `tx`.
+///
+/// Deletes are always this narrow: another apply that RabbitMQ made active while this
+/// one still ran may be staging another transaction.
+pub(super) async fn delete_transaction(
+    tx: &mut sqlx::MySqlConnection,
+    pipeline: &str,
+    commit_lsn: Lsn,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM {} WHERE pipeline = ? AND commit_lsn = ?",
+        my_ident(STAGING_TABLE)
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(pipeline)
+        .bind(commit_lsn.0)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
-/// Removes everything `pipeline` has staged.
-pub(super) async fn clear(pool: &MySqlPool, pipeline: &str) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    delete(&mut conn, pipeline).await
+/// Removes the staged chunks of transactions at or below `offset`, which are applied.
+pub(super) async fn delete_applied(
+    tx: &mut sqlx::MySqlConnection,
+    pipeline: &str,
+    offset: Lsn,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM {} WHERE pipeline = ? AND commit_lsn <= ?",
+        my_ident(STAGING_TABLE)
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(pipeline)
+        .bind(offset.0)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }

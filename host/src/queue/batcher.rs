@@ -76,11 +76,14 @@ pub struct Batcher {
     batch_since: Option<Instant>,
     open: Option<Open>,
     last_out: Instant,
+    /// Stamped on chunks, so that chunks cut by another session are never staged with these.
+    session: u64,
 }
 
 impl Batcher {
-    /// A batcher whose stream starts at `start` (the slot's confirmed position).
-    pub fn new(pipeline: &str, limits: Limits, transforms: Vec<String>, start: Lsn, now: Instant) -> Self {
+    /// A batcher whose stream starts at `start` (the slot's confirmed position); `session`
+    /// tells this capture session's chunks from any other's.
+    pub fn new(pipeline: &str, limits: Limits, transforms: Vec<String>, start: Lsn, now: Instant, session: u64) -> Self {
         Batcher {
             pipeline: pipeline.to_owned(),
             limits,
@@ -93,6 +96,7 @@ impl Batcher {
             batch_since: None,
             open: None,
             last_out: now,
+            session,
         }
     }
 
@@ -113,6 +117,7 @@ impl Batcher {
 
     /// A transaction begins.
     pub fn begin(&mut self, context: TxContext) {
+        debug_assert!(self.open.is_none(), "the capture refuses a BEGIN inside a transaction");
         self.open = Some(Open {
             context,
             changes: Vec::new(),
@@ -204,6 +209,7 @@ impl Batcher {
         let chunk = Chunk {
             index: open.chunks,
             last,
+            session: self.session,
         };
         open.chunks += 1;
         open.bytes = 0;
@@ -312,7 +318,7 @@ mod tests {
     #[test]
     fn small_transactions_share_a_message_that_names_its_predecessor() {
         let now = Instant::now();
-        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now);
+        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now, 7);
         let mut out = Vec::new();
         tx(&mut b, 110, 1, 10, now, &mut out);
         tx(&mut b, 120, 1, 10, now, &mut out);
@@ -327,7 +333,7 @@ mod tests {
     #[test]
     fn a_lingering_batch_goes_out_and_keeps_the_chain() {
         let now = Instant::now();
-        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now);
+        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now, 7);
         let mut out = Vec::new();
         tx(&mut b, 110, 1, 10, now, &mut out);
         b.tick(now, &mut out);
@@ -339,7 +345,7 @@ mod tests {
     #[test]
     fn a_large_transaction_is_cut_into_chunks_that_share_its_predecessor() {
         let now = Instant::now();
-        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now);
+        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now, 7);
         let mut out = Vec::new();
         tx(&mut b, 110, 1, 10, now, &mut out);
         tx(&mut b, 150, 9, 10, now, &mut out);
@@ -361,7 +367,7 @@ mod tests {
     #[test]
     fn chunks_and_batches_are_bounded_by_bytes() {
         let now = Instant::now();
-        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now);
+        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now, 7);
         let mut out = Vec::new();
         // Three changes of ~3.9 KB as estimated: two fit under 10 000 bytes, the third starts a new chunk.
         tx(&mut b, 110, 3, 3_000, now, &mut out);
@@ -378,7 +384,7 @@ mod tests {
     #[test]
     fn a_single_change_larger_than_the_limit_travels_alone() {
         let now = Instant::now();
-        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now);
+        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now, 7);
         let mut out = Vec::new();
         tx(&mut b, 110, 3, 30_000, now, &mut out);
         let sizes: Vec<usize> = out.iter().map(|o| o.message.change_count()).collect();
@@ -388,7 +394,7 @@ mod tests {
     #[test]
     fn an_idle_stream_sends_a_heartbeat_only_when_it_has_moved() {
         let now = Instant::now();
-        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now);
+        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now, 7);
         let mut out = Vec::new();
         b.tick(now + Duration::from_secs(6), &mut out);
         assert!(out.is_empty(), "nothing moved");
@@ -406,7 +412,7 @@ mod tests {
     #[test]
     fn a_keepalive_inside_a_transaction_does_not_move_the_position() {
         let now = Instant::now();
-        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now);
+        let mut b = Batcher::new("p", limits(), Vec::new(), Lsn(100), now, 7);
         let mut out = Vec::new();
         b.begin(ctx(150));
         b.change(change(1), &mut out);

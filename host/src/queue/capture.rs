@@ -114,12 +114,17 @@ pub async fn run(
     let (confirmed_tx, mut confirmed_rx) = watch::channel(start);
     let mut tracker = tokio::spawn(track(track_rx, confirmed_tx));
     let mut watcher = transforms.reloads;
+    // Any number that differs between sessions will do: the clock's nanoseconds.
+    let session = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
     let batcher = Batcher::new(
         pipeline,
         opts.limits.clone(),
         transforms.chain.hashes().to_vec(),
         start,
         Instant::now(),
+        session,
     );
     let mut capture = Capture {
         pipeline,
@@ -258,6 +263,9 @@ impl Capture<'_> {
                 commit_lsn,
                 commit_time,
             } => {
+                if self.open.is_some() {
+                    return Err(SourceError::Replication("wal2json sent a BEGIN inside a transaction".into()).into());
+                }
                 if let Some(chain) = self.next_chain.take() {
                     // Every message names one chain version: publish what the old one made first.
                     self.batcher.flush(&mut self.out);
