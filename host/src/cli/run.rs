@@ -1,0 +1,100 @@
+//! `wasmcdc run`: capture and apply in one process.
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, Up, live_chain, load_chain, source_tables};
+use crate::apply::{self, ApplyOptions, Progress};
+use crate::catalog::TableName;
+use crate::config::Settings;
+use crate::queue::Broker;
+use crate::queue::capture::{self, CaptureOptions};
+use crate::source;
+use crate::source::snapshot;
+use std::sync::atomic::Ordering;
+
+pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
+    let (target, pg, defs) = source_tables(settings).await?;
+    let chain = load_chain(settings)?;
+    // Watch from the start, so a module replaced during the initial copy is not missed.
+    let mut transforms = live_chain(settings, chain)?;
+    let pool = apply::connect(&settings.mariadb_url).await?;
+    apply::prepare(&pool, &defs).await?;
+    let publisher = Broker::connect(&settings.amqp_url, &settings.slot).await?;
+    publisher.declare().await?;
+    let consumer = Broker::connect(&settings.amqp_url, &settings.slot).await?;
+
+    // Fail closed when the slot cannot deliver what the target is missing.
+    let mut existed = source::slot_state(&pg, &settings.slot).await?.is_some();
+    let progress = apply::progress(&pool, &settings.slot).await?;
+    if existed && progress == Some(Progress::Copying) {
+        tracing::warn!(pipeline = %settings.slot, "the initial copy was interrupted; starting it again with a new slot");
+        source::drop_slot(&pg, &settings.slot).await?;
+        existed = false;
+    }
+    match (existed, progress) {
+        (false, Some(Progress::Applied(offset))) if offset.0 > 0 => {
+            return Err(Error::Diverged(format!(
+                "the target has applied up to {offset} for pipeline '{}', but its replication slot is gone, so changes made since are missing; run `wasmcdc slot drop` and start again (the initial copy re-copies the tables)",
+                settings.slot
+            )));
+        }
+        (false, _) => {
+            let copied = snapshot::initial_copy(
+                &settings.slot,
+                &target,
+                &defs,
+                &mut transforms.chain,
+                &pool,
+                &publisher,
+                &shutdown,
+            )
+            .await?;
+            if copied.is_none() {
+                return Ok(());
+            }
+        }
+        (true, Some(Progress::Applied(offset))) => {
+            let slot = source::ensure_slot(&target, &pg, &settings.slot).await?;
+            if slot.confirmed_flush > offset && publisher.depths().await?.0 == 0 {
+                return Err(Error::Diverged(format!(
+                    "replication slot '{}' was confirmed up to {}, but the target has applied only up to {offset} and the queue is empty, so changes in between were lost; run `wasmcdc slot drop` and start again (the initial copy re-copies the tables)",
+                    settings.slot, slot.confirmed_flush
+                )));
+            }
+        }
+        (true, _) => {}
+    }
+    drop(pg);
+    up.store(true, Ordering::Relaxed);
+
+    // Either half failing stops the other; both drain on shutdown.
+    let stop = shutdown.child_token();
+    let capture_opts = CaptureOptions::default();
+    let apply_opts = ApplyOptions::default();
+    let tables: Vec<TableName> = defs.iter().map(|d| d.name.clone()).collect();
+    let capture = async {
+        let r = capture::run(
+            &settings.slot,
+            &target,
+            &tables,
+            transforms,
+            &publisher,
+            &capture_opts,
+            stop.clone(),
+        )
+        .await;
+        stop.cancel();
+        r
+    };
+    let apply = async {
+        let r = apply::run(&settings.slot, &consumer, &pool, &apply_opts, stop.clone()).await;
+        stop.cancel();
+        r
+    };
+    let (captured, applied) = tokio::join!(capture, apply);
+    publisher.close().await;
+    consumer.close().await;
+    captured?;
+    applied?;
+    Ok(())
+}
