@@ -11,14 +11,13 @@ mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::ApplyError;
 use crate::config::{ConfigError, Overrides, Settings};
+use crate::pipeline::{Failure, NotDrained, supervise};
 use crate::queue::QueueError;
 use crate::queue::capture::{CaptureError, Transforms};
 use crate::source::snapshot::SnapshotError;
@@ -169,9 +168,18 @@ pub enum Error {
     /// The target cannot be brought up to date from the slot; never retried.
     #[error("{0}")]
     Diverged(String),
+    /// A stage that did not stop in time after shutdown.
+    #[error(transparent)]
+    NotDrained(#[from] NotDrained),
     /// Something else, already phrased for the user.
     #[error("{0}")]
     Other(String),
+}
+
+impl Failure for Error {
+    fn is_permanent(&self) -> bool {
+        matches!(self, Error::Diverged(_))
+    }
 }
 
 impl Cli {
@@ -230,55 +238,6 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         Command::Transform { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Set by a pipeline once it is connected and streaming.
-pub(super) type Up<'a> = &'a AtomicBool;
-
-/// Runs `attempt` until it ends cleanly or `shutdown` fires.
-///
-/// An attempt that fails before it was ever up ends the command: bad settings
-/// should be reported at once. Once a pipeline has run, a failure (a server
-/// restarting, a connection dropped) is retried with exponential backoff,
-/// which is safe because delivery is at-least-once and the apply skips what it
-/// already holds.
-async fn supervise(
-    what: &str,
-    shutdown: &CancellationToken,
-    mut attempt: impl AsyncFnMut(Up<'_>) -> Result<(), Error>,
-) -> Result<(), Error> {
-    const FIRST: Duration = Duration::from_secs(1);
-    const LONGEST: Duration = Duration::from_secs(30);
-    let up = AtomicBool::new(false);
-    let mut delay = FIRST;
-    let mut failing_since: Option<Instant> = None;
-    loop {
-        let started = Instant::now();
-        let error = match attempt(&up).await {
-            Ok(()) => return Ok(()),
-            Err(e @ Error::Diverged(_)) => return Err(e),
-            Err(e) if !up.load(Ordering::Relaxed) => return Err(e),
-            Err(e) => e,
-        };
-        if shutdown.is_cancelled() {
-            return Err(error);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            delay = FIRST;
-            failing_since = None;
-        }
-        let since = *failing_since.get_or_insert_with(Instant::now);
-        tracing::warn!(
-            "{what} stopped: {error}; retrying in {} s (failing for {} s)",
-            delay.as_secs(),
-            since.elapsed().as_secs()
-        );
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(LONGEST);
-    }
 }
 
 /// Source checks shared by every command that reads PostgreSQL.

@@ -2,17 +2,17 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Error, Up, live_chain, load_chain, source_tables};
+use super::{Error, live_chain, load_chain, source_tables};
 use crate::apply::{self, ApplyOptions, Progress};
 use crate::catalog::TableName;
 use crate::config::Settings;
+use crate::pipeline::Up;
 use crate::queue::Broker;
 use crate::queue::capture::{self, CaptureOptions};
 use crate::source;
 use crate::source::snapshot;
-use std::sync::atomic::Ordering;
 
-pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: Up<'_>) -> Result<(), Error> {
+pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &Up) -> Result<(), Error> {
     let (target, pg, defs) = source_tables(settings).await?;
     let chain = load_chain(settings)?;
     // Watch from the start, so a module replaced during the initial copy is not missed.
@@ -65,7 +65,7 @@ pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: Up
         (true, _) => {}
     }
     drop(pg);
-    up.store(true, Ordering::Relaxed);
+    up.mark_up();
 
     // Either half failing stops the other; both drain on shutdown.
     let stop = shutdown.child_token();
