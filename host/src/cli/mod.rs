@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::ApplyError;
+use crate::apply::{ApplyError, Progress};
 use crate::config::{ConfigError, Overrides, Settings};
-use crate::pipeline::{Failure, NotDrained, supervise};
+use crate::pipeline::{Failure, NotDrained, Offsets, Refusal, supervise};
 use crate::queue::QueueError;
 use crate::queue::capture::{CaptureError, Transforms};
 use crate::source::snapshot::SnapshotError;
@@ -176,6 +176,16 @@ pub enum Error {
     Other(String),
 }
 
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        if refusal.is_diverged() {
+            Error::Diverged(refusal.to_string())
+        } else {
+            Error::Other(refusal.to_string())
+        }
+    }
+}
+
 impl Failure for Error {
     fn is_permanent(&self) -> bool {
         matches!(self, Error::Diverged(_))
@@ -238,6 +248,15 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
         Command::Transform { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The offsets row as the start-up planner sees it.
+pub(super) fn offsets(progress: Option<Progress>) -> Offsets {
+    match progress {
+        None => Offsets::Absent,
+        Some(Progress::Copying) => Offsets::Copying,
+        Some(Progress::Applied(lsn)) => Offsets::Applied(lsn),
+    }
 }
 
 /// Source checks shared by every command that reads PostgreSQL.

@@ -2,11 +2,12 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Error, live_chain, load_chain, source_tables};
-use crate::apply::{self, ApplyOptions, Progress};
+use super::{Error, live_chain, load_chain, offsets, source_tables};
+use crate::apply::{self, ApplyOptions};
 use crate::catalog::TableName;
 use crate::config::Settings;
 use crate::pipeline::Up;
+use crate::pipeline::{self, Facts, Plan, Start};
 use crate::queue::Broker;
 use crate::queue::capture::{self, CaptureOptions};
 use crate::source;
@@ -24,45 +25,39 @@ pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &U
     let consumer = Broker::connect(&settings.amqp_url, &settings.slot).await?;
 
     // Fail closed when the slot cannot deliver what the target is missing.
-    let mut existed = source::slot_state(&pg, &settings.slot).await?.is_some();
-    let progress = apply::progress(&pool, &settings.slot).await?;
-    if existed && progress == Some(Progress::Copying) {
-        tracing::warn!(pipeline = %settings.slot, "the initial copy was interrupted; starting it again with a new slot");
-        source::drop_slot(&pg, &settings.slot).await?;
-        existed = false;
-    }
-    match (existed, progress) {
-        (false, Some(Progress::Applied(offset))) if offset.0 > 0 => {
-            return Err(Error::Diverged(format!(
-                "the target has applied up to {offset} for pipeline '{}', but its replication slot is gone, so changes made since are missing; run `wasmcdc slot drop` and start again (the initial copy re-copies the tables)",
-                settings.slot
-            )));
+    let (queued, dead_letters) = publisher.depths().await?;
+    let facts = Facts {
+        slot: source::slot_state(&pg, &settings.slot)
+            .await?
+            .map(|s| s.confirmed_flush),
+        offsets: offsets(apply::progress(&pool, &settings.slot).await?),
+        queued: queued.into(),
+        dead_letters: dead_letters.into(),
+    };
+    let copy = match pipeline::decide(Start::Run, &settings.slot, &facts) {
+        Plan::Refuse(refusal) => return Err(refusal.into()),
+        Plan::RedoCopy => {
+            tracing::warn!(pipeline = %settings.slot, "the initial copy was interrupted; starting it again with a new slot");
+            source::drop_slot(&pg, &settings.slot).await?;
+            true
         }
-        (false, _) => {
-            let copied = snapshot::initial_copy(
-                &settings.slot,
-                &target,
-                &defs,
-                &mut transforms.chain,
-                &pool,
-                &publisher,
-                &shutdown,
-            )
-            .await?;
-            if copied.is_none() {
-                return Ok(());
-            }
+        Plan::Copy => true,
+        Plan::Resume | Plan::CreateSlot => false,
+    };
+    if copy {
+        let copied = snapshot::initial_copy(
+            &settings.slot,
+            &target,
+            &defs,
+            &mut transforms.chain,
+            &pool,
+            &publisher,
+            &shutdown,
+        )
+        .await?;
+        if copied.is_none() {
+            return Ok(());
         }
-        (true, Some(Progress::Applied(offset))) => {
-            let slot = source::ensure_slot(&target, &pg, &settings.slot).await?;
-            if slot.confirmed_flush > offset && publisher.depths().await?.0 == 0 {
-                return Err(Error::Diverged(format!(
-                    "replication slot '{}' was confirmed up to {}, but the target has applied only up to {offset} and the queue is empty, so changes in between were lost; run `wasmcdc slot drop` and start again (the initial copy re-copies the tables)",
-                    settings.slot, slot.confirmed_flush
-                )));
-            }
-        }
-        (true, _) => {}
     }
     drop(pg);
     up.mark_up();
