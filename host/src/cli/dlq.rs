@@ -2,19 +2,25 @@
 
 use std::process::ExitCode;
 
-use super::{Error, load_chain};
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, close, load_chain, step};
 use crate::config::Settings;
 use crate::queue::Broker;
 use crate::transform::{TransformChain, guest_code};
 
 pub(super) async fn list(settings: &Settings, limit: usize) -> Result<(), Error> {
-    let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
-    broker.declare().await?;
-    let (_, total) = broker.depths().await?;
+    let broker = step(
+        "connecting to RabbitMQ",
+        Broker::connect(&settings.amqp_url, &settings.slot),
+    )
+    .await?;
+    step("declaring the pipeline's queues in RabbitMQ", broker.declare()).await?;
+    let (_, total) = step("reading the dead-letter count from RabbitMQ", broker.depths()).await?;
     println!("{total} dead letters in {}", broker.names.dlq);
     let mut shown = 0;
     while shown < limit.min(total as usize) {
-        let Some(dead) = broker.next_dead_letter().await? else {
+        let Some(dead) = step("reading a dead letter from RabbitMQ", broker.next_dead_letter()).await? else {
             break;
         };
         shown += 1;
@@ -30,26 +36,35 @@ pub(super) async fn list(settings: &Settings, limit: usize) -> Result<(), Error>
         );
     }
     // Closing the channel returns every message read, unsettled, to the queue.
-    broker.close().await;
+    close(broker).await;
     Ok(())
 }
 
-pub(super) async fn replay(settings: &Settings) -> Result<ExitCode, Error> {
+pub(super) async fn replay(settings: &Settings, shutdown: &CancellationToken) -> Result<ExitCode, Error> {
     let mut chain = load_chain(settings)?;
-    let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
-    broker.declare().await?;
-    let (_, total) = broker.depths().await?;
+    let broker = step(
+        "connecting to RabbitMQ",
+        Broker::connect(&settings.amqp_url, &settings.slot),
+    )
+    .await?;
+    step("declaring the pipeline's queues in RabbitMQ", broker.declare()).await?;
+    let (_, total) = step("reading the dead-letter count from RabbitMQ", broker.depths()).await?;
     let (mut replayed, mut kept) = (0usize, 0usize);
     // Kept letters stay unsettled until the end, so each is read once.
     let mut keep = Vec::new();
     for _ in 0..total {
-        let Some(dead) = broker.next_dead_letter().await? else {
+        let Some(dead) = step("reading a dead letter from RabbitMQ", broker.next_dead_letter()).await? else {
             break;
         };
         match replayable(&dead, &settings.slot, &mut chain) {
             Ok(message) => {
-                broker.publish(&message).await?.wait().await?;
-                broker.settle_dead_letter(dead.tag, true).await?;
+                let confirm = step("publishing a replayed change to RabbitMQ", broker.publish(&message)).await?;
+                step("waiting for RabbitMQ to confirm a replayed change", confirm.wait()).await?;
+                step(
+                    "removing a replayed dead letter from RabbitMQ",
+                    broker.settle_dead_letter(dead.tag, true),
+                )
+                .await?;
                 replayed += 1;
             }
             Err(why) => {
@@ -63,10 +78,17 @@ pub(super) async fn replay(settings: &Settings) -> Result<ExitCode, Error> {
         }
     }
     for tag in keep {
-        broker.settle_dead_letter(tag, false).await?;
+        step(
+            "returning a kept dead letter to RabbitMQ",
+            broker.settle_dead_letter(tag, false),
+        )
+        .await?;
     }
-    broker.close().await;
+    close(broker).await;
     println!("replayed {replayed}, kept {kept}");
+    if shutdown.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
     Ok(if kept == 0 {
         ExitCode::SUCCESS
     } else {

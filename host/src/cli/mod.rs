@@ -11,6 +11,7 @@ mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -171,6 +172,17 @@ pub enum Error {
     /// A stage that did not stop in time after shutdown.
     #[error(transparent)]
     NotDrained(#[from] NotDrained),
+    /// A network step of a one-shot command got no answer in time.
+    #[error("timed out after {secs} s while {step}; check that the server is reachable and not overloaded")]
+    Timeout {
+        /// What was being done, as in "reading the queue depth from RabbitMQ".
+        step: &'static str,
+        /// The limit, in seconds.
+        secs: u64,
+    },
+    /// SIGINT or SIGTERM stopped a one-shot command before it finished.
+    #[error("interrupted")]
+    Interrupted,
     /// Something else, already phrased for the user.
     #[error("{0}")]
     Other(String),
@@ -193,6 +205,11 @@ impl Failure for Error {
 }
 
 impl Cli {
+    /// Whether the command runs until it is stopped (and then drains) rather than once.
+    fn long_running(&self) -> bool {
+        matches!(self.command, Command::Run | Command::Capture | Command::Apply)
+    }
+
     fn settings(&self) -> Result<Settings, ConfigError> {
         let g = &self.global;
         Settings::resolve(Overrides {
@@ -209,45 +226,99 @@ impl Cli {
 }
 
 /// Runs the command until it finishes or `shutdown` fires.
+///
+/// Long-running commands drain on shutdown (within [`GRACE`](crate::pipeline::GRACE));
+/// one-shot commands stop at once and end with [`Error::Interrupted`].
 pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, Error> {
     let settings = cli.settings()?;
-    if let Command::Transform { command } = &cli.command {
-        transform::execute(command, &settings)?;
-        return Ok(ExitCode::SUCCESS);
+    let long_running = cli.long_running();
+    let work = dispatch(cli.command, &settings, &shutdown);
+    if long_running {
+        work.await
+    } else {
+        until_interrupted(&shutdown, work).await
     }
-    match cli.command {
+}
+
+async fn dispatch(command: Command, settings: &Settings, shutdown: &CancellationToken) -> Result<ExitCode, Error> {
+    match command {
         Command::Run => {
-            supervise("the pipeline", &shutdown, async |up| {
-                run::run(&settings, shutdown.clone(), up).await
+            supervise("the pipeline", shutdown, async |up| {
+                run::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
         Command::Capture => {
-            supervise("the capture", &shutdown, async |up| {
-                capture::run(&settings, shutdown.clone(), up).await
+            supervise("the capture", shutdown, async |up| {
+                capture::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
         Command::Apply => {
-            supervise("the apply", &shutdown, async |up| {
-                apply::run(&settings, shutdown.clone(), up).await
+            supervise("the apply", shutdown, async |up| {
+                apply::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
-        Command::Verify => return verify::run(&settings).await,
-        Command::Status => status::run(&settings).await?,
+        Command::Verify => return verify::run(settings).await,
+        Command::Status => status::run(settings).await?,
         Command::Dlq {
             command: DlqCommand::List { limit },
-        } => dlq::list(&settings, limit).await?,
+        } => dlq::list(settings, limit).await?,
         Command::Dlq {
             command: DlqCommand::Replay,
-        } => return dlq::replay(&settings).await,
+        } => return dlq::replay(settings, shutdown).await,
         Command::Slot {
             command: SlotCommand::Drop,
-        } => slot::drop_pipeline(&settings).await?,
-        Command::Transform { .. } => {}
+        } => slot::drop_pipeline(settings).await?,
+        Command::Transform { command } => transform::execute(command, settings).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long an interrupted one-shot command may take to settle what is in flight.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs a one-shot command until it finishes or `shutdown` fires.
+async fn until_interrupted<T>(
+    shutdown: &CancellationToken,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        done = &mut work => done,
+        _ = shutdown.cancelled() => {
+            // Lets `dlq replay` settle the letter it is on; everything else is simply dropped.
+            let _ = tokio::time::timeout(INTERRUPT_GRACE, &mut work).await;
+            Err(Error::Interrupted)
+        }
+    }
+}
+
+/// How long one network step of a command (a connect, a query, a broker call) may take.
+pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs one network step, failing with [`Error::Timeout`] naming `step` if it takes longer than [`STEP_TIMEOUT`].
+pub(super) async fn step<T, E>(step: &'static str, work: impl Future<Output = Result<T, E>>) -> Result<T, Error>
+where
+    Error: From<E>,
+{
+    within(step, work).await?.map_err(Error::from)
+}
+
+/// Like [`step`], for a step whose own outcome the caller inspects.
+pub(super) async fn within<T>(step: &'static str, work: impl Future<Output = T>) -> Result<T, Error> {
+    tokio::time::timeout(STEP_TIMEOUT, work)
+        .await
+        .map_err(|_| Error::Timeout {
+            step,
+            secs: STEP_TIMEOUT.as_secs(),
+        })
+}
+
+/// Closes a broker connection, giving up after [`STEP_TIMEOUT`]: dropping it closes it too.
+pub(super) async fn close(broker: crate::queue::Broker) {
+    let _ = tokio::time::timeout(STEP_TIMEOUT, broker.close()).await;
 }
 
 /// The offsets row as the start-up planner sees it.
@@ -264,7 +335,8 @@ pub(super) async fn source_tables(
     settings: &Settings,
 ) -> Result<(PgTarget, tokio_postgres::Client, Vec<crate::catalog::TableDef>), Error> {
     let target = PgTarget::parse(&settings.pg_url)?;
-    let pg = target.sql().await?;
+    let pg = step("connecting to PostgreSQL", target.sql()).await?;
+    // No step limit: describing many tables over a slow link may take long, and SIGTERM still stops it.
     let defs = source::preflight(&pg, &settings.tables).await?;
     Ok((target, pg, defs))
 }

@@ -1,6 +1,6 @@
 //! `wasmcdc status`: where the pipeline stands.
 
-use super::Error;
+use super::{Error, close, step, within};
 use crate::apply::{self, Progress};
 use crate::config::{Settings, mask_url};
 use crate::queue::Broker;
@@ -8,11 +8,11 @@ use crate::source::{PgTarget, SourceError};
 
 pub(super) async fn run(settings: &Settings) -> Result<(), Error> {
     let target = PgTarget::parse(&settings.pg_url)?;
-    let pg = target.sql().await?;
+    let pg = step("connecting to PostgreSQL", target.sql()).await?;
     println!("pipeline: {}", settings.slot);
     println!("source: {}", mask_url(&settings.pg_url));
-    let lag = pg
-        .query_opt(
+    let lag = step("reading the replication slot from PostgreSQL", async {
+        pg.query_opt(
             "SELECT s.confirmed_flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
                     s.active, coalesce(s.wal_status, ''), \
                     coalesce(round(extract(epoch FROM r.flush_lag)::numeric, 3)::text || ' s', 'none measured') \
@@ -21,7 +21,9 @@ pub(super) async fn run(settings: &Settings) -> Result<(), Error> {
             &[&settings.slot],
         )
         .await
-        .map_err(SourceError::from)?;
+        .map_err(SourceError::from)
+    })
+    .await?;
     match lag {
         // flush_lag: how long the server has recently waited for the pipeline to confirm what it sent.
         Some(r) => println!(
@@ -34,17 +36,27 @@ pub(super) async fn run(settings: &Settings) -> Result<(), Error> {
         ),
         None => println!("slot: none (it is created by `wasmcdc run` or `wasmcdc capture`)"),
     }
-    let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
-    match broker.depths().await {
+    let broker = step(
+        "connecting to RabbitMQ",
+        Broker::connect(&settings.amqp_url, &settings.slot),
+    )
+    .await?;
+    // An error here means the queue does not exist.
+    match within("reading the queue depth from RabbitMQ", broker.depths()).await? {
         Ok((ready, dead)) => {
             println!("queue: {ready} messages ready");
             println!("dead letters: {dead}");
         }
         Err(_) => println!("queue: none (it is created by `wasmcdc run`)"),
     }
-    broker.close().await;
-    let pool = apply::connect(&settings.mariadb_url).await?;
-    match apply::offsets_row(&pool, &settings.slot).await {
+    close(broker).await;
+    let pool = step("connecting to MariaDB", apply::connect(&settings.mariadb_url)).await?;
+    match within(
+        "reading the offsets row from MariaDB",
+        apply::offsets_row(&pool, &settings.slot),
+    )
+    .await?
+    {
         Ok(Some(row)) => {
             match row.progress {
                 Progress::Copying => println!("applied: the initial copy is in progress"),

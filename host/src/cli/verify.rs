@@ -2,13 +2,14 @@
 
 use std::process::ExitCode;
 
-use super::{Error, source_tables};
+use super::{Error, source_tables, step};
 use crate::apply;
 use crate::config::Settings;
 
 pub(super) async fn run(settings: &Settings) -> Result<ExitCode, Error> {
     let (_, pg, defs) = source_tables(settings).await?;
-    let pool = apply::connect(&settings.mariadb_url).await?;
+    let pool = step("connecting to MariaDB", apply::connect(&settings.mariadb_url)).await?;
+    // The comparisons have no step limit: a large table takes as long as it takes, and SIGTERM stops it.
     let mut equal = true;
     for def in &defs {
         let report = crate::verify::compare(&pg, &pool, def).await.map_err(Error::Other)?;
