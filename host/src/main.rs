@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = wasmcdc::cli::Cli::parse();
-    wasmcdc::cli::init_logging();
+    wasmcdc::cli::init_logging(&cli);
     // Guest calls run on these threads: give them a stack well above wasmtime's max_wasm_stack.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

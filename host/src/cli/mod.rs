@@ -364,9 +364,14 @@ pub(super) fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level.
-pub fn init_logging() {
+pub fn init_logging(cli: &Cli) {
+    // status probes queues that may not exist, which the AMQP client would log as an error.
+    let default = match cli.command {
+        Command::Status => "info,lapin=off,sqlx=warn",
+        _ => "info,lapin=warn,sqlx=warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

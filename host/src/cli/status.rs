@@ -1,5 +1,8 @@
 //! `wasmcdc status`: where the pipeline stands.
 
+use sqlx::mysql::MySqlDatabaseError;
+use sqlx::{MySqlPool, Row};
+
 use super::{Error, close, step, within};
 use crate::apply::{self, Progress};
 use crate::config::{Settings, mask_url};
@@ -70,5 +73,51 @@ pub(super) async fn run(settings: &Settings) -> Result<(), Error> {
         }
         _ => println!("applied: nothing yet"),
     }
+    let active = step(
+        "reading the active apply from MariaDB",
+        active_apply(&pool, &settings.slot),
+    )
+    .await?;
+    match active {
+        Some((applier, ago)) => println!("active apply: {applier} (last commit {ago} s ago)"),
+        None => println!("active apply: none recorded"),
+    }
     Ok(())
+}
+
+/// The apply that last committed for `pipeline` (`host:pid`) and how many seconds ago.
+///
+/// The queue is single-active-consumer, so only one apply commits, and it records itself in the
+/// offsets row. Offsets tables made before that column existed have nothing to show.
+async fn active_apply(pool: &MySqlPool, pipeline: &str) -> Result<Option<(String, i64)>, Error> {
+    let read = sqlx::query(
+        "SELECT applier, TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)) FROM `wasmcdc_offsets` WHERE pipeline = ?",
+    )
+    .bind(pipeline)
+    .fetch_optional(pool)
+    .await;
+    let row = match read {
+        Ok(row) => row,
+        // 1054: no applier column yet; 1146: no offsets table yet.
+        Err(sqlx::Error::Database(db))
+            if db
+                .try_downcast_ref::<MySqlDatabaseError>()
+                .is_some_and(|e| matches!(e.number(), 1054 | 1146)) =>
+        {
+            None
+        }
+        Err(e) => return Err(Error::Other(format!("cannot read the active apply from MariaDB: {e}"))),
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let applier: Option<String> = row
+        .try_get(0)
+        .map_err(|e| Error::Other(format!("cannot read the active apply from MariaDB: {e}")))?;
+    let ago: Option<i64> = row
+        .try_get(1)
+        .map_err(|e| Error::Other(format!("cannot read the active apply from MariaDB: {e}")))?;
+    Ok(applier
+        .filter(|a| !a.is_empty())
+        .map(|a| (a, ago.unwrap_or_default().max(0))))
 }
