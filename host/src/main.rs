@@ -1,11 +1,12 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = wasmcdc::cli::Cli::parse();
-    wasmcdc::cli::init_logging();
+    wasmcdc::cli::init_logging(&cli);
     // Guest calls run on these threads: give them a stack well above wasmtime's max_wasm_stack.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -20,7 +21,10 @@ fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     runtime.spawn(wasmcdc::cli::shutdown_on_signal(shutdown.clone()));
-    match runtime.block_on(wasmcdc::cli::execute(cli, shutdown)) {
+    let outcome = runtime.block_on(wasmcdc::cli::execute(cli, shutdown));
+    // Dropping the runtime would wait for every blocking task (a read of stdin, a stuck client) forever.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

@@ -274,7 +274,11 @@ mod tests {
 
     fn chunk(prev: u64, commit: u64, index: u32, last: bool) -> Message {
         let mut m = msg(prev, &[commit], commit);
-        m.chunk = Some(Chunk { index, last, session: 1 });
+        m.chunk = Some(Chunk {
+            index,
+            last,
+            session: 1,
+        });
         m
     }
 
@@ -382,7 +386,11 @@ mod tests {
         );
         assert_eq!(a.reached(), Lsn(50));
         assert_eq!(a.staged(), None);
-        assert_eq!(a.on_message(chunk(10, 50, 2, true)), Step::Skip, "a redelivered final chunk");
+        assert_eq!(
+            a.on_message(chunk(10, 50, 2, true)),
+            Step::Skip,
+            "a redelivered final chunk"
+        );
     }
 
     #[test]
@@ -420,7 +428,11 @@ mod tests {
         a.on_message(chunk(10, 50, 1, false));
         let other = |index, last| {
             let mut m = chunk(10, 50, index, last);
-            m.chunk = Some(Chunk { index, last, session: 2 });
+            m.chunk = Some(Chunk {
+                index,
+                last,
+                session: 2,
+            });
             m
         };
         assert!(a.needs_resync(&other(1, false)));
@@ -430,7 +442,11 @@ mod tests {
         assert_eq!(a.reached(), Lsn(10), "no mixed copy is ever applied");
         // The next session re-sends from its first chunk.
         let mut first = chunk(10, 50, 0, false);
-        first.chunk = Some(Chunk { index: 0, last: false, session: 3 });
+        first.chunk = Some(Chunk {
+            index: 0,
+            last: false,
+            session: 3,
+        });
         assert!(matches!(a.on_message(first), Step::Stage { restart: true, .. }));
     }
 

@@ -274,7 +274,10 @@ async fn retrying<T>(
         match write().await {
             Ok(v) => {
                 if let Some(since) = since {
-                    tracing::info!("MariaDB answers again after {} s; {what} succeeded", since.elapsed().as_secs());
+                    tracing::info!(
+                        "MariaDB answers again after {} s; {what} succeeded",
+                        since.elapsed().as_secs()
+                    );
                 }
                 return Ok(v);
             }
@@ -487,7 +490,8 @@ impl Apply<'_> {
                 to,
                 discard_staged,
             } => {
-                self.add(tag, before, body.len(), transactions, Some(to), transforms).await?;
+                self.add(tag, before, body.len(), transactions, Some(to), transforms)
+                    .await?;
                 if discard_staged {
                     self.commit().await?;
                     tracing::warn!(lsn = %to, "a transaction staged in chunks arrived whole; discarding the chunks");
@@ -618,7 +622,13 @@ impl Apply<'_> {
         let group = std::mem::take(&mut self.group);
         let (pool, pipeline, max_bytes) = (self.pool, self.pipeline, self.statement_bytes);
         let known = &mut self.known;
-        let changes = || group.units.iter().flat_map(|u| &u.transactions).flat_map(|t| &t.changes);
+        let changes = || {
+            group
+                .units
+                .iter()
+                .flat_map(|u| &u.transactions)
+                .flat_map(|t| &t.changes)
+        };
         retrying("adding new columns", self.shutdown, async || {
             add_new_columns(pool, known, changes()).await
         })
@@ -704,9 +714,11 @@ impl Apply<'_> {
                     let mut message = Message::new(pipeline, &unit.transforms, vec![tx.clone()], tx.context.commit_lsn);
                     message.replay = unit.to.is_none();
                     self.broker.dead_letter_message(&message, &why).await?;
-                    retrying("moving the offset past a dead-lettered transaction", self.shutdown, async || {
-                        apply_units(pool, pipeline, from, std::slice::from_ref(&skip), max_bytes).await
-                    })
+                    retrying(
+                        "moving the offset past a dead-lettered transaction",
+                        self.shutdown,
+                        async || apply_units(pool, pipeline, from, std::slice::from_ref(&skip), max_bytes).await,
+                    )
                     .await
                     .map_err(ApplyError::from)?;
                 }
@@ -737,7 +749,17 @@ impl Apply<'_> {
         .await
         .map_err(ApplyError::from)?;
         let applied = retrying("applying a large transaction", self.shutdown, async || {
-            apply_staged(pool, pipeline, commit_lsn, index, prev_lsn, &final_chunk, transforms, max_bytes).await
+            apply_staged(
+                pool,
+                pipeline,
+                commit_lsn,
+                index,
+                prev_lsn,
+                &final_chunk,
+                transforms,
+                max_bytes,
+            )
+            .await
         })
         .await;
         match applied {
@@ -774,7 +796,10 @@ impl Apply<'_> {
         };
         let mut conn = pool.acquire().await.map_err(db_error)?;
         for k in 0..index {
-            if let Some(body) = staging::chunk(&mut conn, pipeline, commit_lsn, k).await.map_err(db_error)? {
+            if let Some(body) = staging::chunk(&mut conn, pipeline, commit_lsn, k)
+                .await
+                .map_err(db_error)?
+            {
                 self.broker.dead_letter(&body, &why).await?;
             }
         }
@@ -785,11 +810,15 @@ impl Apply<'_> {
             transforms: transforms.to_vec(),
         };
         let max_bytes = self.statement_bytes;
-        retrying("moving the offset past a dead-lettered transaction", self.shutdown, async || {
-            let mut conn = pool.acquire().await?;
-            staging::delete_transaction(&mut conn, pipeline, commit_lsn).await?;
-            apply_units(pool, pipeline, Lsn(0), std::slice::from_ref(&skip), max_bytes).await
-        })
+        retrying(
+            "moving the offset past a dead-lettered transaction",
+            self.shutdown,
+            async || {
+                let mut conn = pool.acquire().await?;
+                staging::delete_transaction(&mut conn, pipeline, commit_lsn).await?;
+                apply_units(pool, pipeline, Lsn(0), std::slice::from_ref(&skip), max_bytes).await
+            },
+        )
         .await
         .map_err(ApplyError::from)
     }
@@ -828,7 +857,9 @@ async fn slot_position(source: &PgTarget, pipeline: &str) -> Result<Option<Lsn>,
     let pg = tokio::time::timeout(Duration::from_secs(10), source.sql())
         .await
         .map_err(|_| crate::source::SourceError::Query("no answer within 10 s".into()))??;
-    Ok(crate::source::slot_state(&pg, pipeline).await?.map(|s| s.confirmed_flush))
+    Ok(crate::source::slot_state(&pg, pipeline)
+        .await?
+        .map(|s| s.confirmed_flush))
 }
 
 /// The marker of an offsets row that moved under the apply, as an error.

@@ -25,7 +25,10 @@ pub(super) async fn create(pool: &MySqlPool) -> Result<(), ApplyError> {
          ) ENGINE=InnoDB",
         my_ident(OFFSETS_TABLE)
     );
-    sqlx::query(AssertSqlSafe(create)).execute(pool).await.map_err(db_error)?;
+    sqlx::query(AssertSqlSafe(create))
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
     for column in [
         "state VARCHAR(16) NOT NULL DEFAULT 'streaming' AFTER lsn_text",
         "transforms VARCHAR(2048) NOT NULL DEFAULT '' AFTER state",
@@ -35,7 +38,10 @@ pub(super) async fn create(pool: &MySqlPool) -> Result<(), ApplyError> {
             "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {column}",
             my_ident(OFFSETS_TABLE)
         );
-        sqlx::query(AssertSqlSafe(alter)).execute(pool).await.map_err(db_error)?;
+        sqlx::query(AssertSqlSafe(alter))
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
     }
     Ok(())
 }

@@ -71,8 +71,13 @@ pub async fn statement_bytes(pool: &MySqlPool) -> usize {
     static BYTES: tokio::sync::OnceCell<usize> = tokio::sync::OnceCell::const_new();
     *BYTES
         .get_or_init(|| async {
-            match sqlx::query_scalar::<_, u64>("SELECT @@max_allowed_packet").fetch_one(pool).await {
-                Ok(packet) => usize::try_from(packet / 2).unwrap_or(DEFAULT_STATEMENT_BYTES).max(64 * 1024),
+            match sqlx::query_scalar::<_, u64>("SELECT @@max_allowed_packet")
+                .fetch_one(pool)
+                .await
+            {
+                Ok(packet) => usize::try_from(packet / 2)
+                    .unwrap_or(DEFAULT_STATEMENT_BYTES)
+                    .max(64 * 1024),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot read max_allowed_packet; using the default statement size");
                     DEFAULT_STATEMENT_BYTES
@@ -235,4 +240,3 @@ fn bind<'q>(query: MyQuery<'q>, column: &'q Column) -> Result<MyQuery<'q>, sqlx:
         }
     })
 }
-

@@ -83,7 +83,14 @@ pub struct Batcher {
 impl Batcher {
     /// A batcher whose stream starts at `start` (the slot's confirmed position); `session`
     /// tells this capture session's chunks from any other's.
-    pub fn new(pipeline: &str, limits: Limits, transforms: Vec<String>, start: Lsn, now: Instant, session: u64) -> Self {
+    pub fn new(
+        pipeline: &str,
+        limits: Limits,
+        transforms: Vec<String>,
+        start: Lsn,
+        now: Instant,
+        session: u64,
+    ) -> Self {
         Batcher {
             pipeline: pipeline.to_owned(),
             limits,
@@ -327,7 +334,11 @@ mod tests {
         assert_eq!(chain(&out), [(100, 130, None, true)]);
         assert_eq!(out[0].message.xids, [110, 120, 130]);
         tx(&mut b, 140, 3, 10, now, &mut out);
-        assert_eq!(chain(&out)[1], (130, 140, None, true), "the next message follows the first");
+        assert_eq!(
+            chain(&out)[1],
+            (130, 140, None, true),
+            "the next message follows the first"
+        );
     }
 
     #[test]

@@ -286,7 +286,15 @@ impl Capture<'_> {
                     return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
                 };
                 let mut changes = Vec::new();
-                transform_change(self.pipeline, &mut self.chain, self.broker, change, context, &mut changes).await?;
+                transform_change(
+                    self.pipeline,
+                    &mut self.chain,
+                    self.broker,
+                    change,
+                    context,
+                    &mut changes,
+                )
+                .await?;
                 for change in changes {
                     self.batcher.change(change, &mut self.out);
                 }

@@ -404,6 +404,20 @@ impl Broker {
         Ok((q.message_count(), d.message_count()))
     }
 
+    /// Consumers of the pipeline's queue: the active apply and its standbys.
+    pub async fn consumers(&self) -> Result<u32, QueueError> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = self
+            .channel
+            .queue_declare(self.names.queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .map_err(broker("counting the queue's consumers"))?;
+        Ok(q.consumer_count())
+    }
+
     /// Deletes the pipeline's exchanges and queues.
     pub async fn delete(&self) -> Result<(), QueueError> {
         let n = &self.names;

@@ -15,9 +15,9 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyError};
-use crate::queue::capture::transform_change;
 use crate::catalog::{TableDef, pg_ident};
 use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
+use crate::queue::capture::transform_change;
 use crate::queue::{Broker, QueueError};
 use crate::source::replication::quote_ident;
 use crate::source::wal2json::{BYTEA, value_from_text};
