@@ -17,6 +17,7 @@
 mod support;
 
 mod broker;
+mod keyless;
 mod kills;
 mod mariadb;
 mod random;

@@ -5,6 +5,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::broker::QueueCap;
 use crate::support::secs;
 
 /// The local PostgreSQL cluster.
@@ -73,7 +74,7 @@ fn wait_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// memory watermark and removes the test's policy.
 pub struct Rabbit {
     watermark: String,
-    policy: Option<String>,
+    cap: Option<QueueCap>,
 }
 
 impl Rabbit {
@@ -89,10 +90,7 @@ impl Rabbit {
             watermark.parse::<f64>().is_ok(),
             "the memory watermark is {watermark:?}, not a fraction; this test only knows how to restore a fraction"
         );
-        Rabbit {
-            watermark,
-            policy: None,
-        }
+        Rabbit { watermark, cap: None }
     }
 
     /// `rabbitmqctl stop_app`: every connection drops and the broker refuses new ones.
@@ -131,39 +129,21 @@ impl Rabbit {
 
     /// A policy that caps `queue` at `max_length` ready messages and rejects (nacks) publishes beyond.
     pub async fn cap_queue(&mut self, name: &str, queue: &str, max_length: u32) {
-        let pattern = format!("^{}$", queue.replace('.', "\\."));
-        let definition = format!(r#"{{"max-length":{max_length},"overflow":"reject-publish"}}"#);
-        self.policy = Some(name.to_owned());
-        must(
-            "rabbitmqctl",
-            &[
-                "-q",
-                "set_policy",
-                "--apply-to",
-                "queues",
-                "--priority",
-                "100",
-                name,
-                &pattern,
-                &definition,
-            ],
-        )
-        .await;
+        self.cap = Some(QueueCap::set(name, queue, max_length).await);
     }
 
     /// Removes the policy set by `cap_queue`.
     pub async fn uncap_queue(&mut self) {
-        if let Some(name) = self.policy.take() {
-            must("rabbitmqctl", &["-q", "clear_policy", &name]).await;
+        if let Some(cap) = self.cap.take() {
+            cap.clear().await;
         }
     }
 }
 
 impl Drop for Rabbit {
     fn drop(&mut self) {
-        if let Some(name) = self.policy.take() {
-            restore("rabbitmqctl", &["-q", "clear_policy", &name]);
-        }
+        // Dropping the cap removes its policy.
+        drop(self.cap.take());
         restore("rabbitmqctl", &["-q", "set_vm_memory_high_watermark", &self.watermark]);
         // Starting a running application is a no-op.
         restore("rabbitmqctl", &["-q", "start_app"]);
@@ -269,6 +249,23 @@ impl Postgres {
             "PostgreSQL {PG_VERSION}/{PG_CLUSTER} is not online before the test"
         );
         Postgres
+    }
+
+    /// `pg_ctlcluster restart -m immediate`: the server stops as if it crashed
+    /// (no shutdown checkpoint, sessions cut mid-transaction) and recovers from WAL.
+    pub async fn restart_immediate(&self) {
+        must(
+            "pg_ctlcluster",
+            &[
+                "--skip-systemctl-redirect",
+                "-m",
+                "immediate",
+                PG_VERSION,
+                PG_CLUSTER,
+                "restart",
+            ],
+        )
+        .await;
     }
 
     /// `pg_ctlcluster restart` (fast shutdown: every session is disconnected).

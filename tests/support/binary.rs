@@ -314,12 +314,18 @@ impl Pipeline {
     /// Spawns `wasmcdc <command>` (for example `capture` or `apply`), its output going to a
     /// log file, with `RUST_LOG` set to `rust_log` when given.
     pub fn spawn_command(&self, command: &str, rust_log: Option<&str>) -> Running {
+        self.spawn_args(&[command], rust_log)
+    }
+
+    /// Spawns `wasmcdc <args...>` (for example `["dlq", "list"]`), like `spawn_command`.
+    pub fn spawn_args(&self, args: &[&str], rust_log: Option<&str>) -> Running {
         static SPAWNS: AtomicUsize = AtomicUsize::new(0);
         let n = SPAWNS.fetch_add(1, Ordering::Relaxed);
-        let log = log_dir().join(format!("{}.{command}{n}.log", self.slot));
+        let name = args.join("-");
+        let log = log_dir().join(format!("{}.{name}{n}.log", self.slot));
         let file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let out = file.try_clone().expect("a log file handle can be cloned");
-        let mut cmd = self.command(&[command]);
+        let mut cmd = self.command(args);
         if let Some(filter) = rust_log {
             cmd.env("RUST_LOG", filter);
         }
@@ -327,11 +333,11 @@ impl Pipeline {
             .stdout(out)
             .stderr(file)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start wasmcdc {command}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start wasmcdc {args:?}: {e}"));
         Running {
             child: Some(child),
             log,
-            label: format!("wasmcdc {command} --slot {}", self.slot),
+            label: format!("wasmcdc {} --slot {}", args.join(" "), self.slot),
         }
     }
 }
@@ -391,6 +397,55 @@ impl Running {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{} exited early ({status})\n{}", self.label, self.log_tail());
         }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().expect("the process is running").id()
+    }
+
+    /// The process's peak resident set size (`VmHWM`) in KiB, while it runs.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; its status if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("the process is running");
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit. Returns
+    /// how long it took and its status, or `None` if it was still running at
+    /// `limit` (it is then killed with SIGKILL).
+    pub async fn terminate_within(&mut self, limit: Duration) -> (Duration, Option<ExitStatus>) {
+        let child = self.child.as_mut().expect("the process is running");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{} had already exited ({status})\n{}", self.label, self.log_tail());
+        }
+        terminate(child);
+        let start = Instant::now();
+        let status = self.wait_exit(limit).await;
+        let took = start.elapsed();
+        if status.is_none() {
+            self.kill();
+        }
+        (took, status)
     }
 
     /// Kills the process with SIGKILL, as a crash or an out-of-memory kill would, and reaps it.

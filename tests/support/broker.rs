@@ -65,3 +65,80 @@ pub async fn assert_no_dead_letters(slot: &str, running: &super::binary::Running
         running.log_tail()
     );
 }
+
+/// A RabbitMQ policy capping one queue at a number of messages, with publishes
+/// beyond it refused (nacked). Dropping the guard removes the policy, also when
+/// the test fails half-way, so no other pipeline ever sees it.
+pub struct QueueCap {
+    policy: Option<String>,
+}
+
+impl QueueCap {
+    /// Sets policy `policy` (a name no other test uses) on exactly the queue `queue`.
+    pub async fn set(policy: &str, queue: &str, max_length: u32) -> QueueCap {
+        let pattern = format!("^{}$", queue.replace('.', "\\."));
+        let definition = format!(r#"{{"max-length":{max_length},"overflow":"reject-publish"}}"#);
+        // Owned from here on: a failed set_policy still gets a clear_policy.
+        let cap = QueueCap {
+            policy: Some(policy.to_owned()),
+        };
+        rabbitmqctl(&[
+            "-q",
+            "set_policy",
+            "--apply-to",
+            "queues",
+            "--priority",
+            "100",
+            policy,
+            &pattern,
+            &definition,
+        ])
+        .await;
+        cap
+    }
+
+    /// Removes the policy now.
+    pub async fn clear(mut self) {
+        if let Some(policy) = self.policy.take() {
+            rabbitmqctl(&["-q", "clear_policy", &policy]).await;
+        }
+    }
+}
+
+impl Drop for QueueCap {
+    fn drop(&mut self) {
+        let Some(policy) = self.policy.take() else { return };
+        match std::process::Command::new("rabbitmqctl")
+            .args(["-q", "clear_policy", &policy])
+            .stdin(std::process::Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "cannot remove RabbitMQ policy {policy} ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("cannot run rabbitmqctl to remove policy {policy}: {e}"),
+        }
+    }
+}
+
+/// Runs `rabbitmqctl` (on this machine, read-only or per-test objects only) and returns its output.
+pub async fn rabbitmqctl(args: &[&str]) -> String {
+    let mut cmd = tokio::process::Command::new("rabbitmqctl");
+    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = match tokio::time::timeout(super::secs(120), cmd.output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("cannot run rabbitmqctl: {e}"),
+        Err(_) => panic!("rabbitmqctl {args:?} did not finish within 120 s"),
+    };
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

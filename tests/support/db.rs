@@ -66,13 +66,16 @@ pub async fn pg_rows(pg: &Client, sql: &str) -> Rows {
 
 /// The rows of a MariaDB query whose columns are all text (use `CAST(... AS CHAR)`), sorted.
 pub async fn my_rows(my: &MySqlPool, sql: &str) -> Rows {
-    let mut rows = Vec::new();
-    let mut stream = sqlx::query(AssertSqlSafe(sql.to_owned())).fetch(my);
-    while let Some(r) = stream
-        .try_next()
+    try_my_rows(my, sql)
         .await
         .unwrap_or_else(|e| panic!("MariaDB refused {sql:?}: {e}"))
-    {
+}
+
+/// The same, returning MariaDB's error (for example a table not created yet) instead of failing.
+pub async fn try_my_rows(my: &MySqlPool, sql: &str) -> Result<Rows, sqlx::Error> {
+    let mut rows = Vec::new();
+    let mut stream = sqlx::query(AssertSqlSafe(sql.to_owned())).fetch(my);
+    while let Some(r) = stream.try_next().await? {
         let cells = (0..r.len())
             .map(|i| {
                 r.try_get::<Option<String>, _>(i)
@@ -82,7 +85,7 @@ pub async fn my_rows(my: &MySqlPool, sql: &str) -> Rows {
         rows.push(cells);
     }
     rows.sort();
-    rows
+    Ok(rows)
 }
 
 /// A single unsigned number from MariaDB, if the query returns a row.

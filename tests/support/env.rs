@@ -104,6 +104,13 @@ impl Env {
     /// appears) will be decoded, so both are awaited.
     pub async fn start(&self, pipeline: &Pipeline) -> Running {
         let mut running = pipeline.spawn_run();
+        self.wait_streaming(pipeline, &mut running).await;
+        running
+    }
+
+    /// Waits until `pipeline`'s replication slot, held by `running` (a `run` or a
+    /// `capture`), is active and past its consistent point.
+    pub async fn wait_streaming(&self, pipeline: &Pipeline, running: &mut Running) {
         let deadline = Deadline::new(format!("replication slot '{}' to stream", pipeline.slot), secs(60));
         loop {
             running.assert_alive();
@@ -117,7 +124,7 @@ impl Env {
                 .expect("pg_replication_slots is readable")
                 .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)));
             if state == Some((true, true)) {
-                return running;
+                return;
             }
             deadline
                 .tick(&format!("slot (active, consistent): {state:?}\n{}", running.log_tail()))
@@ -215,6 +222,45 @@ impl Env {
             }
             let diff = Diff::of(&source, &target);
             deadline.tick(&diff).await;
+        }
+    }
+}
+
+impl Env {
+    /// Waits until `my_sql` in `pipeline`'s target returns what `pg_sql` returns
+    /// in the source, while every one of `processes` stays alive; a target
+    /// table that does not exist yet counts as not equal. Unlike
+    /// `wait_replicated`, a timeout is returned, with what differed last, so
+    /// that the caller can print its own figures before failing.
+    pub async fn wait_equal(
+        &self,
+        pipeline: &Pipeline,
+        processes: &mut [&mut Running],
+        pg_sql: &str,
+        my_sql: &str,
+        limit: Duration,
+    ) -> Result<Rows, String> {
+        let my = self.my(pipeline).await;
+        let deadline = Deadline::new("", limit);
+        loop {
+            for p in processes.iter_mut() {
+                p.assert_alive();
+            }
+            let source = self.pg_rows(pg_sql).await;
+            // The target table may not be created yet.
+            let target = db::try_my_rows(&my, my_sql).await;
+            if target.as_ref().is_ok_and(|t| *t == source) {
+                my.close().await;
+                return target.map_err(|e| e.to_string());
+            }
+            if deadline.expired() {
+                my.close().await;
+                return Err(match target {
+                    Ok(target) => format!("{:#?}", Diff::of(&source, &target)),
+                    Err(e) => format!("MariaDB refused {my_sql:?}: {e}"),
+                });
+            }
+            deadline.tick(&"").await;
         }
     }
 }
