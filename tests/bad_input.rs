@@ -129,7 +129,8 @@ async fn capture_alone_never_starts_over_a_pipeline_with_history() {
         .await;
     running.stop().await;
     // The slot is lost (dropped by hand, or recreated by someone) while the target holds applied changes.
-    env.pg_exec(&format!("SELECT pg_drop_replication_slot('{}')", p.slot)).await;
+    env.pg_exec(&format!("SELECT pg_drop_replication_slot('{}')", p.slot))
+        .await;
     env.pg_exec("INSERT INTO itrequests (details, duedate, fulfilled) VALUES ('lost', '2026-01-02', false)")
         .await;
 
@@ -138,7 +139,13 @@ async fn capture_alone_never_starts_over_a_pipeline_with_history() {
         .await;
     assert!(line.contains("gone") || line.contains("missing"), "{line}");
     let slots = env
-        .pg_rows(&format!("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = '{}'", p.slot))
+        .pg_rows(&format!(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = '{}'",
+            p.slot
+        ))
         .await;
-    assert!(slots.is_empty(), "capture created a fresh slot for a pipeline with history: {slots:?}");
+    assert!(
+        slots.is_empty(),
+        "capture created a fresh slot for a pipeline with history: {slots:?}"
+    );
 }

@@ -608,7 +608,8 @@ async fn bytea_survives_a_database_that_prints_it_as_escape() {
     let env = Env::new("byteaesc").await;
     env.pg_exec(&format!("ALTER DATABASE {} SET bytea_output = 'escape'", env.pg_db))
         .await;
-    env.pg_exec("CREATE TABLE blobs (id integer PRIMARY KEY, b bytea)").await;
+    env.pg_exec("CREATE TABLE blobs (id integer PRIMARY KEY, b bytea)")
+        .await;
     env.pg_exec("INSERT INTO blobs VALUES (1, '\\x00ff5c27'::bytea)").await;
     let pipeline = env.pipeline().tables("public.blobs");
     let mut running = env.start(&pipeline).await;

@@ -9,7 +9,8 @@ use crate::config::Settings;
 use crate::queue::Broker;
 use crate::transform::{TransformChain, guest_code};
 
-pub(super) async fn list(settings: &Settings, limit: usize) -> Result<(), Error> {
+/// The pipeline's broker, and how many dead letters it holds.
+async fn open(settings: &Settings) -> Result<(Broker, u32), Error> {
     let broker = step(
         "connecting to RabbitMQ",
         Broker::connect(&settings.amqp_url, &settings.slot),
@@ -17,6 +18,11 @@ pub(super) async fn list(settings: &Settings, limit: usize) -> Result<(), Error>
     .await?;
     step("declaring the pipeline's queues in RabbitMQ", broker.declare()).await?;
     let (_, total) = step("reading the dead-letter count from RabbitMQ", broker.depths()).await?;
+    Ok((broker, total))
+}
+
+pub(super) async fn list(settings: &Settings, limit: usize) -> Result<(), Error> {
+    let (broker, total) = open(settings).await?;
     println!("{total} dead letters in {}", broker.names.dlq);
     let mut shown = 0;
     while shown < limit.min(total as usize) {
@@ -42,13 +48,7 @@ pub(super) async fn list(settings: &Settings, limit: usize) -> Result<(), Error>
 
 pub(super) async fn replay(settings: &Settings, shutdown: &CancellationToken) -> Result<ExitCode, Error> {
     let mut chain = load_chain(settings)?;
-    let broker = step(
-        "connecting to RabbitMQ",
-        Broker::connect(&settings.amqp_url, &settings.slot),
-    )
-    .await?;
-    step("declaring the pipeline's queues in RabbitMQ", broker.declare()).await?;
-    let (_, total) = step("reading the dead-letter count from RabbitMQ", broker.depths()).await?;
+    let (broker, total) = open(settings).await?;
     let (mut replayed, mut kept) = (0usize, 0usize);
     // Kept letters stay unsettled until the end, so each is read once.
     let mut keep = Vec::new();
