@@ -29,3 +29,4 @@ mod shutdown;
 mod snapshot;
 mod standby;
 mod tables;
+mod transient;
