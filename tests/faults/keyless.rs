@@ -5,7 +5,7 @@
 //! the multiset of rows shows whether every source transaction applied once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
@@ -23,7 +23,8 @@ const TARGET_ROWS: &str = "SELECT CAST(item AS CHAR), tag, CAST(weight AS CHAR),
                            FROM tags GROUP BY item, tag, weight";
 /// How long the load runs, and its pace in transactions per second.
 const LOAD: Duration = secs(60);
-const RATE: u64 = 150;
+const RATE: u64 = 600;
+const WORKERS: u64 = 4;
 const LOG_FILTER: &str = "info,wasmcdc=debug,lapin=warn,sqlx=warn";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,56 +185,62 @@ struct Sent {
     in_doubt: u64,
 }
 
-/// Transactions of one to three operations on duplicate rows, at `RATE`, for `LOAD`.
+/// Transactions of one to three operations on duplicate rows, at `RATE` in
+/// all from `WORKERS` connections, for `LOAD`. Several small transactions per
+/// message is what makes a re-sent message straddle the applied offset.
 struct Load {
     started: Instant,
     committed: Arc<AtomicU64>,
-    task: JoinHandle<Sent>,
+    workers: Vec<JoinHandle<Sent>>,
 }
 
 impl Load {
     fn start(pg_url: &str, seed: u64) -> Load {
         let committed = Arc::new(AtomicU64::new(0));
-        let url = pg_url.to_owned();
-        let counting = committed.clone();
+        let items = Arc::new(AtomicI64::new(0));
         let started = Instant::now();
-        let task = tokio::spawn(async move {
-            let mut rng = Rng::new(seed);
-            let mut client = reconnect(&url).await;
-            let mut sent = Sent {
-                committed: 0,
-                in_doubt: 0,
-            };
-            let mut items: i64 = 0;
-            let mut attempts: u64 = 0;
-            while started.elapsed() < LOAD {
-                let mut sql = String::from("BEGIN;");
-                for _ in 0..rng.between(1, 3) {
-                    sql.push_str(&operation(&mut rng, &mut items));
-                }
-                sql.push_str("COMMIT;");
-                attempts += 1;
-                match client.batch_execute(&sql).await {
-                    Ok(()) => {
-                        sent.committed += 1;
-                        counting.store(sent.committed, Ordering::Relaxed);
+        let workers = (0..WORKERS)
+            .map(|worker| {
+                let (url, committed, items) = (pg_url.to_owned(), committed.clone(), items.clone());
+                tokio::spawn(async move {
+                    let mut rng = Rng::new(seed.wrapping_add(worker));
+                    let mut client = reconnect(&url).await;
+                    let mut sent = Sent {
+                        committed: 0,
+                        in_doubt: 0,
+                    };
+                    let mut attempts: u64 = 0;
+                    while started.elapsed() < LOAD {
+                        let mut sql = String::from("BEGIN;");
+                        for _ in 0..rng.between(1, 3) {
+                            sql.push_str(&operation(&mut rng, &items));
+                        }
+                        sql.push_str("COMMIT;");
+                        attempts += 1;
+                        match client.batch_execute(&sql).await {
+                            Ok(()) => {
+                                sent.committed += 1;
+                                committed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                // Cut off by the crash: committed or not, the comparison holds either way.
+                                sent.in_doubt += 1;
+                                client = reconnect(&url).await;
+                            }
+                        }
+                        let due = Duration::from_secs_f64(attempts as f64 * WORKERS as f64 / RATE as f64);
+                        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                            tokio::time::sleep(ahead).await;
+                        }
                     }
-                    Err(_) => {
-                        sent.in_doubt += 1;
-                        client = reconnect(&url).await;
-                    }
-                }
-                let due = Duration::from_secs_f64(attempts as f64 / RATE as f64);
-                if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(ahead).await;
-                }
-            }
-            sent
-        });
+                    sent
+                })
+            })
+            .collect();
         Load {
             started,
             committed,
-            task,
+            workers,
         }
     }
 
@@ -242,23 +249,32 @@ impl Load {
     }
 
     async fn finish(self) -> Sent {
-        tokio::time::timeout(LOAD + secs(180), self.task)
-            .await
-            .expect("the load finishes")
-            .expect("the load did not fail")
+        let mut total = Sent {
+            committed: 0,
+            in_doubt: 0,
+        };
+        for worker in self.workers {
+            let sent = tokio::time::timeout(LOAD + secs(180), worker)
+                .await
+                .expect("the load finishes")
+                .expect("the load did not fail");
+            total.committed += sent.committed;
+            total.in_doubt += sent.in_doubt;
+        }
+        total
     }
 }
 
 /// One operation: a new item as two identical rows, or a change to one row of an item.
-fn operation(rng: &mut Rng, items: &mut i64) -> String {
+fn operation(rng: &mut Rng, items: &AtomicI64) -> String {
     let pick = rng.between(0, 99);
-    if *items < 20 || pick < 40 {
-        *items += 1;
-        let item = *items;
+    let known = items.load(Ordering::Relaxed);
+    if known < 20 || pick < 40 {
+        let item = items.fetch_add(1, Ordering::Relaxed) + 1;
         let tag = format!("tag-{}", item % 13);
         return format!("INSERT INTO tags VALUES ({item}, '{tag}', 0), ({item}, '{tag}', 0);");
     }
-    let item = rng.between(1, *items as u64);
+    let item = rng.between(1, known as u64);
     let one_row = format!("ctid = (SELECT ctid FROM tags WHERE item = {item} LIMIT 1)");
     if pick < 75 {
         format!("UPDATE tags SET weight = weight + 1 WHERE {one_row};")
