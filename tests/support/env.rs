@@ -224,9 +224,7 @@ impl Env {
             deadline.tick(&diff).await;
         }
     }
-}
 
-impl Env {
     /// Waits until `my_sql` in `pipeline`'s target returns what `pg_sql` returns
     /// in the source, while every one of `processes` stays alive; a target
     /// table that does not exist yet counts as not equal. Unlike
