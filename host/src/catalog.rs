@@ -18,17 +18,37 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// Parses `schema.table` or `table` (schema `public`).
+    /// Parses `schema.table` or `table` (schema `public`), as psql users type them:
+    /// a part in double quotes is taken literally (`""` is a quote), so it may hold
+    /// dots, commas and spaces; an unquoted part is taken as written, without
+    /// folding its case.
     pub fn parse(s: &str) -> Option<Self> {
-        let s = s.trim();
-        let (schema, name) = match s.split_once('.') {
-            Some((schema, name)) => (schema, name),
-            None => ("public", s),
+        let mut parts = split_unquoted(s.trim(), '.')?
+            .into_iter()
+            .map(|p| unquote(p.trim()))
+            .collect::<Option<Vec<_>>>()?;
+        if parts.iter().any(String::is_empty) {
+            return None;
+        }
+        let name = parts.pop()?;
+        let schema = match parts.len() {
+            0 => "public".to_owned(),
+            1 => parts.pop()?,
+            _ => return None,
         };
-        (!schema.is_empty() && !name.is_empty() && !name.contains('.')).then(|| TableName {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-        })
+        Some(TableName { schema, name })
+    }
+
+    /// Parses a comma-separated list; commas inside double quotes belong to the name.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
+        let Some(entries) = split_unquoted(s, ',') else {
+            return Err(s.to_owned());
+        };
+        entries
+            .into_iter()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| Self::parse(e).ok_or_else(|| e.trim().to_owned()))
+            .collect()
     }
 
     /// Whether this names tables by a `*` pattern rather than one table.
@@ -43,11 +63,17 @@ impl TableName {
 
     /// wal2json's `add-tables` form, with its wildcard and comma escaping.
     pub fn wal2json_filter(&self) -> String {
+        // wal2json splits the list at commas and whitespace and each entry at its
+        // first dot, and reads `*` as a wildcard; a backslash makes any byte literal.
         let esc = |s: &str| {
-            s.replace('\\', "\\\\")
-                .replace(',', "\\,")
-                .replace('.', "\\.")
-                .replace('*', "\\*")
+            let mut out = String::with_capacity(s.len());
+            for c in s.chars() {
+                if matches!(c, '\\' | ',' | '.' | '*' | ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out
         };
         format!("{}.{}", esc(&self.schema), esc(&self.name))
     }
@@ -59,9 +85,48 @@ impl TableName {
 }
 
 impl fmt::Display for TableName {
+    /// `schema.table`, with a part quoted where it would not read back as one part.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
+        let part = |p: &str| {
+            if p.contains(['.', ',', '"']) || p.trim() != p {
+                pg_ident(p)
+            } else {
+                p.to_owned()
+            }
+        };
+        write!(f, "{}.{}", part(&self.schema), part(&self.name))
     }
+}
+
+/// Splits at `sep` outside double quotes; `None` when a quote is left open.
+fn split_unquoted(s: &str, sep: char) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in s.char_indices() {
+        if c == '"' {
+            // A doubled quote inside quotes toggles twice, staying quoted.
+            quoted = !quoted;
+        } else if c == sep && !quoted {
+            parts.push(&s[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    if quoted {
+        return None;
+    }
+    parts.push(&s[start..]);
+    Some(parts)
+}
+
+/// A part as written, or the text inside its double quotes with `""` undoubled.
+fn unquote(part: &str) -> Option<String> {
+    let Some(inner) = part.strip_prefix('"') else {
+        return (!part.contains('"')).then(|| part.to_owned());
+    };
+    let inner = inner.strip_suffix('"')?;
+    // Every quote inside must be doubled.
+    let undoubled = inner.replace("\"\"", "");
+    (!undoubled.contains('"')).then(|| inner.replace("\"\"", "\""))
 }
 
 /// The MariaDB table for a change routed to `schema.table`.
@@ -105,6 +170,9 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
     /// Primary-key column names in key order; empty when there is none.
     pub primary_key: Vec<String>,
+    /// For a partitioned table, its leaf partitions as read at start-up, whose
+    /// names wal2json prints on the changes; `None` for a plain table.
+    pub partitions: Option<Vec<TableName>>,
 }
 
 impl TableDef {
@@ -124,7 +192,7 @@ pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, Source
     let sql_err = SourceError::from;
     let rel = pg
         .query_opt(
-            "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+            "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&table.schema, &table.name],
         )
@@ -133,6 +201,7 @@ pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, Source
         .ok_or_else(|| SourceError::NoSuchTable(table.clone()))?;
     let oid: u32 = rel.get(0);
     let identity: String = rel.get(1);
+    let kind: String = rel.get(2);
     let columns = pg
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
@@ -162,20 +231,55 @@ pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, Source
         .iter()
         .map(|r| r.get(0))
         .collect::<Vec<String>>();
-    // 'd' default (primary key), 'f' full, 'i' index, 'n' nothing.
-    let identifiable = match identity.as_str() {
-        "d" => !primary_key.is_empty(),
-        "f" | "i" => true,
-        _ => false,
-    };
-    if !identifiable {
+    if !identifiable(&identity, !primary_key.is_empty()) {
         return Err(SourceError::NoKey(table.clone()));
     }
+    let partitions = if kind == "p" { Some(leaves(pg, oid).await?) } else { None };
     Ok(TableDef {
         name: table.clone(),
         columns,
         primary_key,
+        partitions,
     })
+}
+
+/// Whether wal2json can describe a relation's updates and deletes, from its
+/// `relreplident` ('d' default, 'f' full, 'i' index, 'n' nothing).
+fn identifiable(identity: &str, has_primary_key: bool) -> bool {
+    match identity {
+        "d" => has_primary_key,
+        "f" | "i" => true,
+        _ => false,
+    }
+}
+
+/// The leaf partitions of a partitioned table, at any depth. Each is checked on
+/// its own: wal2json describes a change with the replica identity of the leaf
+/// it was written to, not the parent's.
+async fn leaves(pg: &Client, parent: u32) -> Result<Vec<TableName>, SourceError> {
+    let rows = pg
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+             FROM pg_partition_tree($1::oid) t JOIN pg_class c ON c.oid = t.relid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.isleaf ORDER BY 1, 2",
+            &[&parent],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let leaf = TableName {
+                schema: r.get(0),
+                name: r.get(1),
+            };
+            let identity: String = r.get(2);
+            if identifiable(&identity, r.get(3)) {
+                Ok(leaf)
+            } else {
+                Err(SourceError::NoKey(leaf))
+            }
+        })
+        .collect()
 }
 
 /// The MariaDB column type for a PostgreSQL type. Key columns of unbounded
@@ -361,6 +465,38 @@ mod tests {
         );
         assert!(TableName::parse("a.b.c").is_none());
         assert!(TableName::parse("").is_none());
+        assert!(TableName::parse("public.").is_none());
+    }
+
+    #[test]
+    fn parses_quoted_names_as_psql_does() {
+        let t = TableName::parse(r#"public."Order Items""#).expect("valid");
+        assert_eq!((t.schema.as_str(), t.name.as_str()), ("public", "Order Items"));
+        let t = TableName::parse(r#""Sales"."Q1.2026""#).expect("valid");
+        assert_eq!((t.schema.as_str(), t.name.as_str()), ("Sales", "Q1.2026"));
+        let t = TableName::parse(r#""say ""hi"", ok""#).expect("valid");
+        assert_eq!((t.schema.as_str(), t.name.as_str()), ("public", r#"say "hi", ok"#));
+        // Unquoted parts keep today's meaning: as written, case and spaces kept.
+        let t = TableName::parse("Public.Order Items").expect("valid");
+        assert_eq!((t.schema.as_str(), t.name.as_str()), ("Public", "Order Items"));
+        assert!(TableName::parse(r#"public."open"#).is_none());
+        assert!(TableName::parse(r#"public.a"b"#).is_none());
+        assert!(TableName::parse(r#"public."a"b""#).is_none());
+        assert!(TableName::parse(r#"public."""#).is_none());
+        let list = TableName::parse_list(r#"a, "b,c".d ,"x.y""#).expect("valid");
+        let names: Vec<String> = list.iter().map(|t| format!("{}|{}", t.schema, t.name)).collect();
+        assert_eq!(names, ["public|a", "b,c|d", "public|x.y"]);
+        assert_eq!(TableName::parse_list(r#"a,"b"#), Err(r#"a,"b"#.to_owned()));
+        for t in [r#""Sales"."Q1.2026""#, r#"public."a,""b""#, "public.Order Items"] {
+            let name = TableName::parse(t).expect("valid");
+            assert_eq!(TableName::parse(&name.to_string()), Some(name), "{t} reads back");
+        }
+    }
+
+    #[test]
+    fn escapes_every_name_for_wal2json() {
+        let t = TableName::parse(r#""S p.a,c\e"."t*ab	le""#).expect("valid");
+        assert_eq!(t.wal2json_filter(), r"S\ p\.a\,c\\e.t\*ab\	le");
     }
 
     #[test]
@@ -405,6 +541,7 @@ mod tests {
                 },
             ],
             primary_key: vec!["requestid".into()],
+            partitions: None,
         };
         let sql = create_table_sql(&def);
         assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS `itrequests`"));

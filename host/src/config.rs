@@ -30,7 +30,9 @@ pub enum ConfigError {
         reason: String,
     },
     /// A `--tables` entry is not `schema.table`.
-    #[error("'{0}' in --tables is not a table name; use schema.table, separated by commas")]
+    #[error(
+        "'{0}' in --tables is not a table name; use schema.table, separated by commas, with a name that holds dots, commas or quotes in double quotes as in psql: public.\"Order Items\""
+    )]
     BadTable(String),
     /// A slot name PostgreSQL would refuse.
     #[error("--slot '{0}' is not a valid slot name; use 1 to 63 lower-case letters, digits and underscores")]
@@ -140,11 +142,7 @@ impl Settings {
             (None, Some(t)) => t.into_vec().join(","),
             (None, None) => DEFAULT_TABLES.to_owned(),
         };
-        let tables = tables_text
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| TableName::parse(s).ok_or_else(|| ConfigError::BadTable(s.to_owned())))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tables = TableName::parse_list(&tables_text).map_err(ConfigError::BadTable)?;
         if tables.is_empty() {
             return Err(ConfigError::BadTable(tables_text));
         }

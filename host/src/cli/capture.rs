@@ -6,7 +6,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Error, live_chain, load_chain, offsets, source_tables, step};
 use crate::apply;
-use crate::catalog::TableName;
 use crate::config::Settings;
 use crate::pipeline::{self, Facts, Offsets, Plan, Start, Up};
 use crate::queue::Broker;
@@ -15,7 +14,6 @@ use crate::source;
 
 pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &Up) -> Result<(), Error> {
     let (target, pg, defs) = source_tables(settings).await?;
-    let tables: Vec<TableName> = defs.iter().map(|d| d.name.clone()).collect();
     let chain = load_chain(settings)?;
     let broker = Broker::connect(&settings.amqp_url, &settings.slot).await?;
     broker.declare().await?;
@@ -33,7 +31,7 @@ pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &U
     let result = capture::run(
         &settings.slot,
         &target,
-        &tables,
+        &defs,
         live_chain(settings, chain)?,
         &broker,
         &CaptureOptions::default(),

@@ -205,6 +205,7 @@ impl Failure for Error {
         let queue = |e: &QueueError| matches!(e, QueueError::TooLarge { .. } | QueueError::OldQueue { .. });
         match self {
             Error::Diverged(_) | Error::Apply(ApplyError::Gap(_)) => true,
+            Error::Source(e) | Error::Capture(CaptureError::Source(e)) => e.is_permanent(),
             Error::Queue(e) | Error::Apply(ApplyError::Queue(e)) | Error::Capture(CaptureError::Queue(e)) => queue(e),
             _ => false,
         }

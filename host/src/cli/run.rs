@@ -4,7 +4,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Error, live_chain, load_chain, offsets, source_tables};
 use crate::apply::{self, ApplyOptions};
-use crate::catalog::TableName;
 use crate::config::Settings;
 use crate::pipeline::Up;
 use crate::pipeline::{self, Facts, Plan, Start};
@@ -73,12 +72,11 @@ pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &U
     let stop = shutdown.child_token();
     let capture_opts = CaptureOptions::default();
     let apply_opts = ApplyOptions::default();
-    let tables: Vec<TableName> = defs.iter().map(|d| d.name.clone()).collect();
     let capture = async {
         let r = capture::run(
             &settings.slot,
             &target,
-            &tables,
+            &defs,
             transforms,
             &publisher,
             &capture_opts,

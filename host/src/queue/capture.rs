@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::TableName;
+use crate::catalog::TableDef;
 use crate::change::{Change, Lsn, Message, Transaction, TxContext};
 use crate::queue::batcher::{Batcher, Limits, Outgoing};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
+use crate::source::relations::Relations;
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
 use crate::transform::watch::ChainWatcher;
@@ -61,6 +62,8 @@ struct Capture<'a> {
     pipeline: &'a str,
     broker: &'a Broker,
     chain: TransformChain,
+    /// The replicated tables, by the relation names wal2json prints.
+    relations: Relations,
     /// A new version of the chain, swapped in at the next transaction boundary.
     next_chain: Option<TransformChain>,
     tracker: mpsc::Sender<(Option<Lsn>, PendingConfirm)>,
@@ -83,7 +86,7 @@ struct Capture<'a> {
 pub async fn run(
     pipeline: &str,
     target: &PgTarget,
-    tables: &[TableName],
+    tables: &[TableDef],
     transforms: Transforms,
     broker: &Broker,
     opts: &CaptureOptions,
@@ -91,13 +94,9 @@ pub async fn run(
 ) -> Result<(), CaptureError> {
     let pg = target.sql().await?;
     let slot = crate::source::ensure_slot(target, &pg, pipeline).await?;
-    drop(pg);
+    let relations = Relations::new(tables, Relations::needs_catalog(tables).then_some(pg));
     let start = slot.confirmed_flush;
-    let filter = tables
-        .iter()
-        .map(TableName::wal2json_filter)
-        .collect::<Vec<_>>()
-        .join(",");
+    let filter = relations.wal2json_filter();
     let mut options: Vec<(&str, String)> = wal2json::BASE_OPTIONS
         .iter()
         .map(|(k, v)| (*k, (*v).to_owned()))
@@ -130,6 +129,7 @@ pub async fn run(
         pipeline,
         broker,
         chain: transforms.chain,
+        relations,
         next_chain: None,
         tracker: track_tx,
         batcher,
@@ -281,10 +281,13 @@ impl Capture<'_> {
                 self.batcher.begin(context.clone());
                 self.open = Some(context);
             }
-            Event::Change(change) => {
+            Event::Change(mut change) => {
                 let Some(context) = self.open.as_ref() else {
                     return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
                 };
+                if self.relations.resolve(&mut change, context.commit_lsn).await?.is_none() {
+                    return Ok(());
+                }
                 let mut changes = Vec::new();
                 transform_change(
                     self.pipeline,
@@ -311,6 +314,7 @@ impl Capture<'_> {
     }
 
     async fn tick(&mut self) -> Result<(), CaptureError> {
+        self.relations.check().await?;
         self.batcher.tick(Instant::now(), &mut self.out);
         self.publish().await
     }

@@ -1,6 +1,7 @@
 //! The source: PostgreSQL's logical replication slot, read over the streaming
 //! replication protocol and decoded from wal2json format-version 2.
 
+pub mod relations;
 pub mod replication;
 pub mod snapshot;
 pub mod wal2json;
@@ -75,6 +76,17 @@ pub enum SourceError {
     /// TLS was asked for and could not be set up.
     #[error("{0}")]
     Tls(String),
+    /// Something about the source that a retry cannot change, such as a plugin
+    /// option the server refuses or a partition the stream cannot cover.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl SourceError {
+    /// Whether retrying cannot help until someone changes the source or the settings.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SourceError::Refused(_))
+    }
 }
 
 impl From<tokio_postgres::Error> for SourceError {
@@ -229,6 +241,10 @@ impl PgTarget {
                 "58P01" => SourceError::NoPlugin(message),
                 _ if message.contains("wal2json") => SourceError::NoPlugin(message),
                 _ if message.contains("wal_level") => SourceError::WalLevel(message),
+                // invalid_parameter_value: wal2json cannot read an option, such as an add-tables entry.
+                "22023" => SourceError::Refused(format!(
+                    "PostgreSQL refused the replication options ({message}); check the names in --tables"
+                )),
                 _ => SourceError::Replication(format!("PostgreSQL replication error {code}: {message}")),
             },
             ReplicationError::Protocol(m) => SourceError::Replication(m),

@@ -1193,6 +1193,10 @@ mod tests {
             .finish();
         let mut chain = TransformChain::load(&[component("probe")], &[]).expect("load probe");
         tracing::subscriber::with_default(subscriber, || {
+            // Other tests print from the same callsites with no subscriber; a
+            // callsite they register first caches "never", which a scoped
+            // subscriber does not revisit until the cache is rebuilt.
+            tracing::callsite::rebuild_interest_cache();
             chain.apply(change(Op::Insert, "print"), &ctx()).expect("print");
         });
         let log = String::from_utf8(captured.0.lock().expect("log").clone()).expect("utf-8");

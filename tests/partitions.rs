@@ -1,0 +1,168 @@
+//! Partitioned tables and names that need quoting: changes written to leaf
+//! partitions, including partitions created or attached while the pipeline
+//! runs, land in the one target table; names with spaces, dots, commas,
+//! quotes, backslashes, backticks and non-ASCII letters replicate end to end.
+
+use crate::support::binary::Running;
+use crate::support::{Env, secs};
+
+const ORDERS: &str = r#"
+CREATE TABLE orders (
+    region text NOT NULL,
+    id     integer NOT NULL,
+    item   text,
+    PRIMARY KEY (region, id)
+) PARTITION BY LIST (region);
+CREATE TABLE orders_eu PARTITION OF orders FOR VALUES IN ('eu');
+CREATE SCHEMA "Arch ive";
+CREATE TABLE "Arch ive"."orders us" PARTITION OF orders FOR VALUES IN ('us');
+INSERT INTO orders VALUES ('eu', 1, 'copied'), ('us', 1, 'copied');
+"#;
+
+const SOURCE: &str = "SELECT region, id::text, item FROM orders";
+const TARGET: &str = "SELECT region, CAST(id AS CHAR), item FROM orders";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_stream_into_their_table_including_ones_created_or_attached_later() {
+    let env = Env::new("partitions").await;
+    env.pg_exec(ORDERS).await;
+    let pipeline = env.pipeline().tables("public.orders");
+    let mut running = env.start(&pipeline).await;
+
+    // Changes to the partitions that existed at start-up, including a row moving between them.
+    env.pg_exec(
+        "INSERT INTO orders VALUES ('eu', 2, 'streamed'), ('us', 2, 'streamed');
+         UPDATE orders SET item = 'updated' WHERE region = 'eu' AND id = 1;
+         DELETE FROM orders WHERE region = 'us' AND id = 1;
+         UPDATE orders SET region = 'us' WHERE region = 'eu' AND id = 2;",
+    )
+    .await;
+    // A partition created while running, written in the same transaction.
+    env.pg_exec(
+        "BEGIN;
+         CREATE TABLE orders_apac PARTITION OF orders FOR VALUES IN ('apac');
+         INSERT INTO orders VALUES ('apac', 1, 'new partition');
+         COMMIT;",
+    )
+    .await;
+    // An empty table attached while running (each statement its own transaction),
+    // then written; and a sub-partitioned branch.
+    env.pg_exec("CREATE TABLE orders_latam (LIKE orders INCLUDING ALL)").await;
+    env.pg_exec("ALTER TABLE orders ATTACH PARTITION orders_latam FOR VALUES IN ('latam')")
+        .await;
+    env.pg_exec("INSERT INTO orders VALUES ('latam', 1, 'attached empty')").await;
+    env.pg_exec("CREATE TABLE orders_af PARTITION OF orders FOR VALUES IN ('af', 'me') PARTITION BY LIST (region)")
+        .await;
+    env.pg_exec("CREATE TABLE orders_me PARTITION OF orders_af FOR VALUES IN ('me')").await;
+    env.pg_exec(
+        "INSERT INTO orders VALUES ('me', 1, 'two levels down');
+         UPDATE orders SET item = 'moved' WHERE region = 'apac';",
+    )
+    .await;
+    // An unrelated table in the same schema is not replicated.
+    env.pg_exec("CREATE TABLE unrelated (id int PRIMARY KEY); INSERT INTO unrelated VALUES (1);")
+        .await;
+
+    env.wait_replicated(&pipeline, &mut running, SOURCE, TARGET, secs(60)).await;
+    let rows = env.pg_rows(SOURCE).await;
+    assert_eq!(rows.len(), 6, "the source holds the rows this test wrote: {rows:?}");
+    let my = env.my(&pipeline).await;
+    let tables = crate::support::db::my_rows(
+        &my,
+        "SELECT CAST(table_name AS CHAR) FROM information_schema.tables WHERE table_schema = DATABASE() \
+         AND table_name NOT IN ('wasmcdc_offsets', 'wasmcdc_staged')",
+    )
+    .await;
+    assert_eq!(tables, vec![vec![Some("orders".to_owned())]], "only the partitioned table lands");
+    pipeline.assert_verified().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_attached_with_rows_or_a_partition_outside_the_stream_stops_with_the_fix() {
+    let env = Env::new("partattach").await;
+    env.pg_exec(ORDERS).await;
+    let pipeline = env.pipeline().tables("public.orders");
+    let mut running = env.start(&pipeline).await;
+    env.pg_exec("INSERT INTO orders VALUES ('eu', 3, 'before')").await;
+    env.wait_replicated(&pipeline, &mut running, SOURCE, TARGET, secs(60)).await;
+
+    // Rows written before ATTACH were never changes of `orders`.
+    env.pg_exec("CREATE TABLE orders_old (LIKE orders INCLUDING ALL)").await;
+    env.pg_exec("INSERT INTO orders_old VALUES ('old', 1, 'held before attach')").await;
+    env.pg_exec("ALTER TABLE orders ATTACH PARTITION orders_old FOR VALUES IN ('old')")
+        .await;
+    env.pg_exec("INSERT INTO orders VALUES ('old', 2, 'after attach')").await;
+    expect_refusal(&mut running, &["public.orders_old", "attached", "held rows", "slot drop"]).await;
+
+    // A restart accepts the partition as one of its own (the operator was told to re-copy);
+    // a partition in a schema that held none at start-up is found by the periodic check.
+    let mut running = env.start(&pipeline).await;
+    env.pg_exec(
+        r#"CREATE SCHEMA elsewhere;
+           CREATE TABLE elsewhere.orders_x PARTITION OF orders FOR VALUES IN ('x');
+           INSERT INTO orders VALUES ('x', 1, 'outside');"#,
+    )
+    .await;
+    expect_refusal(&mut running, &["elsewhere.orders_x", "is in schema", "re-copy"]).await;
+}
+
+/// Waits for a `run` to exit non-zero with one error line holding every phrase.
+async fn expect_refusal(running: &mut Running, phrases: &[&str]) {
+    let status = running.wait_exit(secs(60)).await;
+    let log = running.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the pipeline should stop with an error ({status:?}):\n{log}"
+    );
+    crate::support::binary::assert_clean_error(&log, phrases);
+}
+
+/// A name with a space, a dot, a comma, a quote, a backslash, a backtick and
+/// non-ASCII letters, in a schema with a dot in its name.
+const ODD: &str = r#"
+CREATE SCHEMA "Sales.EU";
+CREATE TABLE "Sales.EU"."Q1.2026, ""Prélim"" \ `x`" (
+    "Order Id" integer PRIMARY KEY,
+    "Note, ""quoted""" text
+);
+CREATE TABLE "Order Items" (id integer PRIMARY KEY, n integer);
+INSERT INTO "Sales.EU"."Q1.2026, ""Prélim"" \ `x`" VALUES (1, 'copied');
+INSERT INTO "Order Items" VALUES (1, 1);
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoted_names_replicate_end_to_end() {
+    let env = Env::new("oddnames").await;
+    env.pg_exec(ODD).await;
+    let pipeline = env
+        .pipeline()
+        .tables(r#""Sales.EU"."Q1.2026, ""Prélim"" \ `x`", public."Order Items""#);
+    let mut running = env.start(&pipeline).await;
+    env.pg_exec(
+        r#"INSERT INTO "Sales.EU"."Q1.2026, ""Prélim"" \ `x`" VALUES (2, 'streamed'), (3, NULL);
+           UPDATE "Sales.EU"."Q1.2026, ""Prélim"" \ `x`" SET "Note, ""quoted""" = 'updated' WHERE "Order Id" = 1;
+           DELETE FROM "Sales.EU"."Q1.2026, ""Prélim"" \ `x`" WHERE "Order Id" = 3;
+           INSERT INTO "Order Items" VALUES (2, 2);
+           UPDATE "Order Items" SET n = n + 10;"#,
+    )
+    .await;
+    env.wait_replicated(
+        &pipeline,
+        &mut running,
+        r#"SELECT "Order Id"::text, "Note, ""quoted""" FROM "Sales.EU"."Q1.2026, ""Prélim"" \ `x`""#,
+        "SELECT CAST(`Order Id` AS CHAR), `Note, \"quoted\"` FROM `Sales.EU_Q1.2026, \"Prélim\" \\ ``x```",
+        secs(60),
+    )
+    .await;
+    env.wait_replicated(
+        &pipeline,
+        &mut running,
+        r#"SELECT id::text, n::text FROM "Order Items""#,
+        "SELECT CAST(id AS CHAR), CAST(n AS CHAR) FROM `Order Items`",
+        secs(60),
+    )
+    .await;
+    pipeline.assert_verified().await;
+    running.stop().await;
+}
