@@ -8,7 +8,7 @@ use crate::support::{Env, secs};
 
 const ORDERS: &str = r#"
 CREATE TABLE orders (
-    region text NOT NULL,
+    region varchar(10) NOT NULL,
     id     integer NOT NULL,
     item   text,
     PRIMARY KEY (region, id)
@@ -34,7 +34,7 @@ async fn partitions_stream_into_their_table_including_ones_created_or_attached_l
         "INSERT INTO orders VALUES ('eu', 2, 'streamed'), ('us', 2, 'streamed');
          UPDATE orders SET item = 'updated' WHERE region = 'eu' AND id = 1;
          DELETE FROM orders WHERE region = 'us' AND id = 1;
-         UPDATE orders SET region = 'us' WHERE region = 'eu' AND id = 2;",
+         UPDATE orders SET region = 'us', id = 3 WHERE region = 'eu' AND id = 2;",
     )
     .await;
     // A partition created while running, written in the same transaction.
@@ -47,13 +47,16 @@ async fn partitions_stream_into_their_table_including_ones_created_or_attached_l
     .await;
     // An empty table attached while running (each statement its own transaction),
     // then written; and a sub-partitioned branch.
-    env.pg_exec("CREATE TABLE orders_latam (LIKE orders INCLUDING ALL)").await;
+    env.pg_exec("CREATE TABLE orders_latam (LIKE orders INCLUDING ALL)")
+        .await;
     env.pg_exec("ALTER TABLE orders ATTACH PARTITION orders_latam FOR VALUES IN ('latam')")
         .await;
-    env.pg_exec("INSERT INTO orders VALUES ('latam', 1, 'attached empty')").await;
+    env.pg_exec("INSERT INTO orders VALUES ('latam', 1, 'attached empty')")
+        .await;
     env.pg_exec("CREATE TABLE orders_af PARTITION OF orders FOR VALUES IN ('af', 'me') PARTITION BY LIST (region)")
         .await;
-    env.pg_exec("CREATE TABLE orders_me PARTITION OF orders_af FOR VALUES IN ('me')").await;
+    env.pg_exec("CREATE TABLE orders_me PARTITION OF orders_af FOR VALUES IN ('me')")
+        .await;
     env.pg_exec(
         "INSERT INTO orders VALUES ('me', 1, 'two levels down');
          UPDATE orders SET item = 'moved' WHERE region = 'apac';",
@@ -63,7 +66,8 @@ async fn partitions_stream_into_their_table_including_ones_created_or_attached_l
     env.pg_exec("CREATE TABLE unrelated (id int PRIMARY KEY); INSERT INTO unrelated VALUES (1);")
         .await;
 
-    env.wait_replicated(&pipeline, &mut running, SOURCE, TARGET, secs(60)).await;
+    env.wait_replicated(&pipeline, &mut running, SOURCE, TARGET, secs(60))
+        .await;
     let rows = env.pg_rows(SOURCE).await;
     assert_eq!(rows.len(), 6, "the source holds the rows this test wrote: {rows:?}");
     let my = env.my(&pipeline).await;
@@ -73,8 +77,34 @@ async fn partitions_stream_into_their_table_including_ones_created_or_attached_l
          AND table_name NOT IN ('wasmcdc_offsets', 'wasmcdc_staged')",
     )
     .await;
-    assert_eq!(tables, vec![vec![Some("orders".to_owned())]], "only the partitioned table lands");
+    assert_eq!(
+        tables,
+        vec![vec![Some("orders".to_owned())]],
+        "only the partitioned table lands"
+    );
     pipeline.assert_verified().await;
+
+    // TRUNCATE of one partition cannot be told apart in the one target table: it is
+    // dead-lettered under the partition's name. TRUNCATE of the table empties it.
+    env.pg_exec("TRUNCATE orders_eu").await;
+    env.pg_exec("INSERT INTO orders VALUES ('us', 9, 'after the truncate')")
+        .await;
+    let deadline = crate::support::wait::Deadline::new("the partial TRUNCATE to be dead-lettered", secs(60));
+    let letters = loop {
+        let letters = pipeline.dead_letters().await;
+        if !letters.is_empty() {
+            break letters;
+        }
+        deadline.tick(&letters).await;
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].table, "public.orders_eu", "{letters:?}");
+    assert!(letters[0].reason.contains("TRUNCATE of some partitions"), "{letters:?}");
+    env.pg_exec("TRUNCATE orders").await;
+    env.pg_exec("INSERT INTO orders VALUES ('apac', 9, 'after the whole truncate')")
+        .await;
+    env.wait_replicated(&pipeline, &mut running, SOURCE, TARGET, secs(60))
+        .await;
     running.stop().await;
 }
 
@@ -85,15 +115,22 @@ async fn a_table_attached_with_rows_or_a_partition_outside_the_stream_stops_with
     let pipeline = env.pipeline().tables("public.orders");
     let mut running = env.start(&pipeline).await;
     env.pg_exec("INSERT INTO orders VALUES ('eu', 3, 'before')").await;
-    env.wait_replicated(&pipeline, &mut running, SOURCE, TARGET, secs(60)).await;
+    env.wait_replicated(&pipeline, &mut running, SOURCE, TARGET, secs(60))
+        .await;
 
     // Rows written before ATTACH were never changes of `orders`.
     env.pg_exec("CREATE TABLE orders_old (LIKE orders INCLUDING ALL)").await;
-    env.pg_exec("INSERT INTO orders_old VALUES ('old', 1, 'held before attach')").await;
+    env.pg_exec("INSERT INTO orders_old VALUES ('old', 1, 'held before attach')")
+        .await;
     env.pg_exec("ALTER TABLE orders ATTACH PARTITION orders_old FOR VALUES IN ('old')")
         .await;
-    env.pg_exec("INSERT INTO orders VALUES ('old', 2, 'after attach')").await;
-    expect_refusal(&mut running, &["public.orders_old", "attached", "held rows", "slot drop"]).await;
+    env.pg_exec("INSERT INTO orders VALUES ('old', 2, 'after attach')")
+        .await;
+    expect_refusal(
+        &mut running,
+        &["public.orders_old", "attached", "held rows", "slot drop"],
+    )
+    .await;
 
     // A restart accepts the partition as one of its own (the operator was told to re-copy);
     // a partition in a schema that held none at start-up is found by the periodic check.

@@ -234,7 +234,11 @@ pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, Source
     if !identifiable(&identity, !primary_key.is_empty()) {
         return Err(SourceError::NoKey(table.clone()));
     }
-    let partitions = if kind == "p" { Some(leaves(pg, oid).await?) } else { None };
+    let partitions = if kind == "p" {
+        Some(leaves(pg, oid).await?)
+    } else {
+        None
+    };
     Ok(TableDef {
         name: table.clone(),
         columns,

@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::TableDef;
-use crate::change::{Change, Lsn, Message, Transaction, TxContext};
+use crate::change::{Change, Lsn, Message, Op, Transaction, TxContext};
 use crate::queue::batcher::{Batcher, Limits, Outgoing};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
-use crate::source::relations::Relations;
+use crate::source::relations::{Relations, Truncated, Truncates};
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
 use crate::transform::watch::ChainWatcher;
@@ -64,6 +64,8 @@ struct Capture<'a> {
     chain: TransformChain,
     /// The replicated tables, by the relation names wal2json prints.
     relations: Relations,
+    /// Leaf partitions truncated so far in a row.
+    truncates: Truncates,
     /// A new version of the chain, swapped in at the next transaction boundary.
     next_chain: Option<TransformChain>,
     tracker: mpsc::Sender<(Option<Lsn>, PendingConfirm)>,
@@ -130,6 +132,7 @@ pub async fn run(
         broker,
         chain: transforms.chain,
         relations,
+        truncates: Truncates::default(),
         next_chain: None,
         tracker: track_tx,
         batcher,
@@ -285,9 +288,26 @@ impl Capture<'_> {
                 let Some(context) = self.open.as_ref() else {
                     return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
                 };
-                if self.relations.resolve(&mut change, context.commit_lsn).await?.is_none() {
+                // A truncate is rare: keep it under the leaf's own name too.
+                let leaf = (change.op == Op::Truncate).then(|| change.clone());
+                let Some(def) = self.relations.resolve(&mut change, context.commit_lsn).await? else {
                     return Ok(());
+                };
+                if let Some(leaf) = leaf.filter(|_| def.partitions.is_some()) {
+                    let mut unfinished = Vec::new();
+                    let outcome = self.relations.truncate(&mut self.truncates, leaf, &mut unfinished);
+                    self.dead_letter_truncates(unfinished).await?;
+                    match outcome {
+                        Truncated::Pending => return Ok(()),
+                        Truncated::Whole(whole) => change = whole,
+                    }
+                } else {
+                    let unfinished = self.truncates.finish();
+                    self.dead_letter_truncates(unfinished).await?;
                 }
+                let Some(context) = self.open.as_ref() else {
+                    return Ok(());
+                };
                 let mut changes = Vec::new();
                 transform_change(
                     self.pipeline,
@@ -303,6 +323,8 @@ impl Capture<'_> {
                 }
             }
             Event::Commit { commit_lsn } => {
+                let unfinished = self.truncates.finish();
+                self.dead_letter_truncates(unfinished).await?;
                 if self.open.take().is_none() {
                     return Err(SourceError::Replication("wal2json sent a commit outside a transaction".into()).into());
                 }
@@ -311,6 +333,38 @@ impl Capture<'_> {
             Event::Message => {}
         }
         self.publish().await
+    }
+
+    /// Dead-letters the TRUNCATEs of some leaf partitions of a table, but not all:
+    /// the target holds every partition's rows in one table, and cannot tell
+    /// which were the truncated leaves'.
+    async fn dead_letter_truncates(&mut self, changes: Vec<Change>) -> Result<(), CaptureError> {
+        let Some(context) = self.open.as_ref() else {
+            return Ok(());
+        };
+        for change in changes {
+            let table = change.qualified_table();
+            tracing::error!(%table, lsn = %context.commit_lsn, "dead-lettering a TRUNCATE of some of a table's partitions");
+            let why = DeadLetter {
+                stage: "capture",
+                reason: format!(
+                    "a TRUNCATE of some partitions of {table}, not all, cannot be applied to its one MariaDB table, which does not know which rows were in them; delete those rows in MariaDB, or use DELETE on the partition in PostgreSQL"
+                ),
+                lsn: context.commit_lsn.to_string(),
+                table,
+            };
+            let message = Message::new(
+                self.pipeline,
+                self.chain.hashes(),
+                vec![Transaction {
+                    context: context.clone(),
+                    changes: vec![change],
+                }],
+                context.commit_lsn,
+            );
+            self.broker.dead_letter_message(&message, &why).await?;
+        }
+        Ok(())
     }
 
     async fn tick(&mut self) -> Result<(), CaptureError> {

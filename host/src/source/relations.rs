@@ -224,7 +224,10 @@ impl Relations {
         let (newest_link, created): (Option<i32>, i32) = (row.get(4), row.get(5));
         if let Some(newest) = newest_link.filter(|&n| n < created) {
             let held = timed(pg.query_one(
-                &format!("SELECT EXISTS (SELECT 1 FROM {} WHERE age(xmin) > $1)", leaf.pg_quoted()),
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE age(xmin) > $1)",
+                    leaf.pg_quoted()
+                ),
                 &[&newest],
             ))
             .await?;
@@ -240,6 +243,68 @@ impl Relations {
         tracing::info!(partition = %leaf, table = %parent, "a new partition: its changes are replicated into its partitioned table");
         self.known.insert(relation.clone(), Known::Table(i));
         Ok(Some(i))
+    }
+}
+
+/// The TRUNCATEs of leaf partitions read so far in a row: PostgreSQL logs
+/// `TRUNCATE orders` as one truncate per leaf, and the target holds all leaves
+/// in one table, so it is emptied only when every leaf it holds rows of was.
+#[derive(Default)]
+pub struct Truncates {
+    table: Option<usize>,
+    leaves: BTreeSet<(String, String)>,
+    changes: Vec<Change>,
+}
+
+/// What to do with a run of leaf truncates.
+#[derive(Debug, PartialEq)]
+pub enum Truncated {
+    /// More may follow.
+    Pending,
+    /// Every leaf was truncated: apply this one truncate of the partitioned table.
+    Whole(Change),
+}
+
+impl Relations {
+    /// Takes the TRUNCATE of a leaf, by the leaf's own name. What was pending
+    /// for another table is returned in `unfinished`, for the caller to
+    /// dead-letter under the leaves' names, so that a replay cannot empty the
+    /// whole table.
+    pub fn truncate(&self, pending: &mut Truncates, mut change: Change, unfinished: &mut Vec<Change>) -> Truncated {
+        let leaf = (change.schema.clone(), change.table.clone());
+        let Some(Known::Table(table)) = self.known.get(&leaf).copied() else {
+            unfinished.push(change);
+            return Truncated::Pending;
+        };
+        if pending.table.is_some_and(|t| t != table) {
+            unfinished.append(&mut pending.finish());
+        }
+        pending.table = Some(table);
+        pending.leaves.insert(leaf);
+        pending.changes.push(change.clone());
+        let name = &self.defs[table].name;
+        let every_leaf = self
+            .known
+            .iter()
+            .filter(|(k, v)| matches!(v, Known::Table(i) if *i == table) && (k.0 != name.schema || k.1 != name.name))
+            .all(|(k, _)| pending.leaves.contains(k));
+        if every_leaf {
+            pending.finish();
+            change.schema.clone_from(&name.schema);
+            change.table.clone_from(&name.name);
+            Truncated::Whole(change)
+        } else {
+            Truncated::Pending
+        }
+    }
+}
+
+impl Truncates {
+    /// Ends the run: what is left was a TRUNCATE of some leaves only.
+    pub fn finish(&mut self) -> Vec<Change> {
+        self.table = None;
+        self.leaves.clear();
+        std::mem::take(&mut self.changes)
     }
 }
 
@@ -310,11 +375,41 @@ mod tests {
             key: Vec::new(),
         };
         let lsn = Lsn(1);
-        let table = relations.resolve(&mut change, lsn).await.expect("resolves").map(|d| d.name.clone());
+        let table = relations
+            .resolve(&mut change, lsn)
+            .await
+            .expect("resolves")
+            .map(|d| d.name.clone());
         assert_eq!(table, Some(name("public", "orders")));
         assert_eq!((change.schema.as_str(), change.table.as_str()), ("public", "orders"));
         change.table = "other".into();
         assert!(relations.resolve(&mut change, lsn).await.expect("resolves").is_none());
+    }
+
+    #[test]
+    fn only_a_truncate_of_every_leaf_empties_the_table() {
+        let relations = relations();
+        let truncate = |schema: &str, table: &str| Change {
+            op: Op::Truncate,
+            schema: schema.into(),
+            table: table.into(),
+            columns: Vec::new(),
+            key: Vec::new(),
+        };
+        let mut pending = Truncates::default();
+        let mut unfinished = Vec::new();
+        assert_eq!(
+            relations.truncate(&mut pending, truncate("public", "orders_eu"), &mut unfinished),
+            Truncated::Pending
+        );
+        assert_eq!(
+            relations.truncate(&mut pending, truncate("arch ive", "orders_2020"), &mut unfinished),
+            Truncated::Whole(truncate("public", "orders"))
+        );
+        assert!(unfinished.is_empty() && pending.finish().is_empty());
+        // One leaf alone is left pending, under its own name, and its caller dead-letters it.
+        relations.truncate(&mut pending, truncate("public", "orders_eu"), &mut unfinished);
+        assert_eq!(pending.finish(), vec![truncate("public", "orders_eu")]);
     }
 
     #[test]
