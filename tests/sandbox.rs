@@ -1,9 +1,10 @@
 //! Hostile transform modules never stop replication: a change that makes the
 //! module spin, hog memory, overflow its stack, trap, flood its output or
 //! refuse is dead-lettered with the reason, and the next change goes through.
-//! The module gets no files, environment or network.
+//! The module gets no files, environment or network, and one that waits in a
+//! host call (a sleep) is abandoned at the same deadline as one that computes.
 
-use crate::support::binary::{DeadLetter, guest};
+use crate::support::binary::{DeadLetter, guest, terminate};
 use crate::support::{Env, Pipeline, db, row, secs};
 
 /// Each probe behaviour (the source table's name selects it) and what the dead letter's reason says,
@@ -13,15 +14,22 @@ use crate::support::{Env, Pipeline, db, row, secs};
 const HOSTILE: &[(&str, &[&str])] = &[
     ("spin", &["ran for more than 100 ms"]),
     ("recurse", &["overflowed its 512 KiB stack"]),
-    // A million changes: the guest's memory or the host's output cap stops it, whichever comes first.
+    // A million changes: the guest's memory, the host's output cap or the deadline stops it,
+    // whichever comes first on a busy machine.
     (
         "flood",
-        &["needed more than its 64 MiB of memory", "changes for one change"],
+        &[
+            "needed more than its 64 MiB of memory",
+            "changes for one change",
+            "ran for more than 100 ms",
+        ],
     ),
     ("wide", &["returned 10001 changes"]),
     ("reject", &["rejected the change: rejected on request"]),
     ("panic", &["trapped"]),
     ("hog", &["needed more than its 64 MiB of memory"]),
+    // Waits in a host call (a clock subscription and a poll), which no epoch interrupts.
+    ("sleep", &["took more than 100 ms, waiting in a host call"]),
 ];
 
 /// What the probe reports when every way out of the sandbox is closed.
@@ -257,4 +265,60 @@ async fn guest_output_goes_to_the_log_and_the_change_goes_on() {
         );
     }
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_guest_never_stops_sigterm() {
+    let env = Env::new("sleepy").await;
+    env.pg_exec("CREATE TABLE sleep (id INT PRIMARY KEY, note TEXT NOT NULL); CREATE TABLE orders (id INT PRIMARY KEY, note TEXT NOT NULL)")
+        .await;
+    let pipeline = env
+        .pipeline()
+        .tables("public.sleep,public.orders")
+        .transform(&guest("probe"));
+    let mut running = env.start(&pipeline).await;
+    // Two hundred sleeping changes hold the capture for about 20 s, 100 ms each.
+    env.pg_exec(
+        "INSERT INTO sleep SELECT g, 'sleeps' FROM generate_series(1, 200) g; INSERT INTO orders VALUES (1, 'after')",
+    )
+    .await;
+    tokio::time::sleep(secs(2)).await;
+    let (took, status) = running.terminate_within(secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "run did not stop cleanly within 10 s of SIGTERM while its guest slept ({took:?}, {status:?})\n{}",
+        running.log_tail()
+    );
+
+    // `transform test` reading a guest that sleeps, with stdin still open.
+    let mut test = pipeline
+        .command(&["transform", "test", "--module", &guest("probe").display().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("transform test starts");
+    let mut stdin = test.stdin.take().expect("stdin");
+    let line = r#"{"op":"insert","schema":"public","table":"sleep","columns":[]}"#;
+    std::io::Write::write_all(&mut stdin, format!("{line}\n").repeat(5).as_bytes()).expect("write");
+    tokio::time::sleep(secs(1)).await;
+    let started = std::time::Instant::now();
+    terminate(&test);
+    let deadline = crate::support::wait::Deadline::new("transform test to stop on SIGTERM", secs(5));
+    let status = loop {
+        if let Some(status) = test.try_wait().expect("wait") {
+            break status;
+        }
+        deadline.tick(&started.elapsed()).await;
+    };
+    assert!(!status.success(), "an interrupted transform test fails: {status:?}");
+    drop(stdin);
+
+    // A module whose `init` sleeps cannot start: one error line, at once.
+    let sleepy = pipeline.transform_config("probe.sleep-in-init=yes");
+    let started = std::time::Instant::now();
+    sleepy
+        .expect_error(&["run"], &["could not start", "waiting in a host call"], secs(30))
+        .await;
+    assert!(started.elapsed() < secs(20), "took {:?}", started.elapsed());
 }

@@ -487,7 +487,8 @@ impl Running {
     }
 }
 
-fn terminate(child: &Child) {
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .stdout(Stdio::null())

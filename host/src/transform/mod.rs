@@ -25,7 +25,9 @@ use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
 use crate::source::wal2json::{self, Event};
 
 mod wit {
-    wasmtime::component::bindgen!({ path: "../wit", world: "transformer" });
+    // Async, so that a guest waiting in a host call (a sleep, a poll, a read)
+    // can be abandoned at its deadline: see `Module::run`.
+    wasmtime::component::bindgen!({ path: "../wit", world: "transformer", exports: { default: async } });
     pub use self::wasmcdc::transform::types::*;
 }
 
@@ -37,6 +39,8 @@ const MAX_WASM_STACK: usize = 512 * 1024;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Epoch ticks a single guest call may run: about 100 ms.
 const CALL_TICKS: u64 = 10;
+/// Wall-clock time a single guest call may take, waiting in host calls included.
+const CALL_LIMIT: Duration = Duration::from_millis(EPOCH_TICK.as_millis() as u64 * CALL_TICKS);
 /// Linear memory per instance.
 const MEMORY_LIMIT: usize = 64 << 20;
 /// Enough for a component's core instances, tables and memories, and no more.
@@ -350,6 +354,7 @@ pub fn check(path: &Path) -> Result<CheckReport, TransformError> {
         config: Vec::new(),
         pre,
         instance: None,
+        runtime: GuestRuntime::new()?,
     };
     let init = match module.start() {
         Ok(_) => Ok(()),
@@ -463,6 +468,8 @@ struct Module {
     /// `None` after a failure: the next call starts a fresh instance, because
     /// a trapped instance cannot be entered again.
     instance: Option<Instance>,
+    /// Drives guest calls, with the timers that WASI clocks and the call deadline use.
+    runtime: GuestRuntime,
 }
 
 impl Module {
@@ -474,6 +481,7 @@ impl Module {
             config,
             pre,
             instance: None,
+            runtime: GuestRuntime::new()?,
         };
         // Starting it now reports a module that cannot run at load time, not on the first change.
         module.instance = Some(module.start()?);
@@ -511,7 +519,7 @@ impl Module {
             reason: error_text(&e),
         };
         let mut linker = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(incompatible)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(incompatible)?;
         let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
         let pre = wit::TransformerPre::new(pre).map_err(incompatible)?;
         Ok((component, pre, hash))
@@ -548,15 +556,19 @@ impl Module {
         store.limiter(|guest| &mut guest.limits);
         // Instantiation runs the guest's start code, which needs a deadline too.
         store.set_epoch_deadline(CALL_TICKS);
-        let mut instance = match self.pre.instantiate(&mut store) {
-            Ok(bindings) => Instance {
+        let started = self.runtime.run(self.pre.instantiate_async(&mut store));
+        let mut instance = match started {
+            Some(Ok(bindings)) => Instance {
                 store,
                 bindings,
                 stdout,
                 stderr,
             },
-            Err(e) => {
-                let reason = describe_failure(&self.name, &e, &store);
+            failed => {
+                let reason = match failed {
+                    Some(Err(e)) => describe_failure(&self.name, &e, &store),
+                    _ => waited_too_long(),
+                };
                 log_output(&self.name, &stdout, &stderr);
                 return Err(TransformError::Start {
                     module: self.name.clone(),
@@ -565,17 +577,23 @@ impl Module {
             }
         };
         instance.store.set_epoch_deadline(CALL_TICKS);
-        let result = instance.bindings.call_init(&mut instance.store, &self.config);
+        let result = self
+            .runtime
+            .run(instance.bindings.call_init(&mut instance.store, &self.config));
         instance.log_output(&self.name);
         match result {
-            Ok(Ok(())) => Ok(instance),
-            Ok(Err(message)) => Err(TransformError::Init {
+            Some(Ok(Ok(()))) => Ok(instance),
+            Some(Ok(Err(message))) => Err(TransformError::Init {
                 module: self.name.clone(),
                 message,
             }),
-            Err(e) => Err(TransformError::Start {
+            Some(Err(e)) => Err(TransformError::Start {
                 module: self.name.clone(),
                 reason: describe_failure(&self.name, &e, &instance.store),
+            }),
+            None => Err(TransformError::Start {
+                module: self.name.clone(),
+                reason: waited_too_long(),
             }),
         }
     }
@@ -587,8 +605,17 @@ impl Module {
         };
         instance.store.data_mut().limits.memory_denied = false;
         instance.store.set_epoch_deadline(CALL_TICKS);
-        let result = instance.bindings.call_transform(&mut instance.store, change, ctx);
+        let result = self
+            .runtime
+            .run(instance.bindings.call_transform(&mut instance.store, change, ctx));
         instance.log_output(&self.name);
+        let Some(result) = result else {
+            self.instance = None;
+            return Err(TransformError::Failed {
+                module: self.name.clone(),
+                reason: waited_too_long(),
+            });
+        };
         match result {
             Ok(Ok(changes)) => {
                 let bytes: usize = changes.iter().map(result_bytes).sum();
@@ -616,6 +643,50 @@ impl Module {
                     reason,
                 })
             }
+        }
+    }
+}
+
+/// A guest abandoned at its deadline while it waited in a host call.
+fn waited_too_long() -> String {
+    format!(
+        "it took more than {} ms, waiting in a host call (a sleep, a poll or a read)",
+        CALL_LIMIT.as_millis()
+    )
+}
+
+/// A single-threaded runtime for one module's guest calls.
+///
+/// Guest calls are async so that one waiting in WASI (a clock subscription, a
+/// poll, a read) is a pending future, which the call deadline can drop; the
+/// epoch deadline alone interrupts only guest code. Calls arrive from
+/// synchronous code (through [`guest_code`], which leaves the caller's
+/// runtime), so each is driven to completion here.
+struct GuestRuntime(Option<tokio::runtime::Runtime>);
+
+impl GuestRuntime {
+    fn new() -> Result<Self, TransformError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map(|rt| Self(Some(rt)))
+            .map_err(|e| TransformError::Engine(format!("the guest runtime could not start: {e}")))
+    }
+
+    /// Drives a guest call for at most [`CALL_LIMIT`]; `None` when it took longer.
+    /// The guest's instance must then be dropped: its call was abandoned midway.
+    fn run<F: Future>(&self, call: F) -> Option<F::Output> {
+        let runtime = self.0.as_ref()?;
+        runtime.block_on(async { tokio::time::timeout(CALL_LIMIT, call).await.ok() })
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        // A chain replaced by a hot swap is dropped on an async thread, where a
+        // runtime must not wait for its tasks; this one has none.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
@@ -1221,6 +1292,7 @@ mod tests {
             ("recurse", "it overflowed its 512 KiB stack"),
             ("wide", "it returned 10001 changes"),
             ("flood", "it"),
+            ("sleep", "it took more than 100 ms, waiting in a host call"),
         ] {
             let err = chain.apply(change(Op::Insert, table), &ctx()).expect_err("failure");
             assert!(matches!(err, TransformError::Failed { .. }), "{table}: {err}");
@@ -1230,6 +1302,35 @@ mod tests {
             let next = change(Op::Update, "itrequests");
             assert_eq!(chain.apply(next.clone(), &ctx()).expect("after failure"), vec![next]);
         }
+    }
+
+    #[test]
+    fn a_guest_waiting_in_the_host_is_abandoned_at_its_deadline() {
+        let mut chain = TransformChain::load(&[component("probe")], &[]).expect("load probe");
+        // The clock subscription and poll behind a sleep: bounded like guest code.
+        let started = std::time::Instant::now();
+        let err = chain.apply(change(Op::Insert, "sleep"), &ctx()).expect_err("abandoned");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(err, TransformError::Failed { .. }), "{err}");
+        // stdin is empty and closed: a read returns at once.
+        let read = chain.apply(change(Op::Insert, "stdin"), &ctx()).expect("read");
+        assert_eq!(text_of(&read[0], "outcome"), "stdin=0");
+        // The same for `init`: the module cannot start, with the reason.
+        let started = std::time::Instant::now();
+        let err = TransformChain::load(&[component("probe")], &config(&["probe.sleep-in-init=yes"]))
+            .err()
+            .expect("init abandoned");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(err, TransformError::Start { .. }), "{err}");
+        assert!(err.to_string().contains("waiting in a host call"), "{err}");
     }
 
     fn config(entries: &[&str]) -> Vec<String> {

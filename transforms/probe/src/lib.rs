@@ -17,7 +17,11 @@ use wasmcdc::transform::types::{Column, Value};
 struct Probe;
 
 impl Guest for Probe {
-    fn init(_config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        // `sleep-in-init=yes` waits in `init`, as a guest loading a model from a slow source would.
+        if config.iter().any(|(key, _)| key == "sleep-in-init") {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
         Ok(())
     }
 
@@ -31,6 +35,17 @@ impl Guest for Probe {
                 Ok(vec![change; usize::from(depth == 1) + 1])
             }
             "escape" => Ok(vec![with_outcome(change, &escape())]),
+            // Waits in the host: a clock subscription and a blocking poll, which
+            // no epoch deadline interrupts, and a read of stdin.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(vec![change])
+            }
+            "stdin" => {
+                let mut input = String::new();
+                let read = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input);
+                Ok(vec![with_outcome(change, &format!("stdin={}", read.map_or_else(|e| e.to_string(), |n| n.to_string())))])
+            }
             "print" => {
                 println!("stdout from probe");
                 eprintln!("stderr from probe");
