@@ -171,7 +171,39 @@ fn typed_value(c: &RawColumn) -> Result<Value, String> {
         raw if raw.starts_with('"') => serde_json::from_str::<String>(raw).map_err(|e| e.to_string())?,
         raw => raw.to_owned(),
     };
-    value_from_text(c.typeoid.unwrap_or_default(), text)
+    // Without include-type-oids (pg_recvlogical's default), type by the printed name.
+    let typeoid = c.typeoid.unwrap_or_else(|| oid_of_type_name(&c.pg_type));
+    value_from_text(typeoid, text)
+}
+
+/// The OID of a type wal2json printed by name, for the types that get a
+/// dedicated value variant; 0 (text) for any other.
+fn oid_of_type_name(name: &str) -> u32 {
+    // `numeric(10,2)`, `timestamp(3) without time zone`: the modifier does not change the type.
+    let base: String = match name.split_once('(') {
+        Some((head, rest)) => match rest.split_once(')') {
+            Some((_, tail)) => format!("{}{}", head.trim_end(), tail),
+            None => head.to_owned(),
+        },
+        None => name.to_owned(),
+    };
+    match base.trim() {
+        "boolean" | "bool" => BOOL,
+        "bytea" => BYTEA,
+        "bigint" | "int8" => INT8,
+        "smallint" | "int2" => INT2,
+        "integer" | "int" | "int4" => INT4,
+        "json" => JSON,
+        "jsonb" => JSONB,
+        "real" | "float4" => FLOAT4,
+        "double precision" | "float8" => FLOAT8,
+        "date" => DATE,
+        "time without time zone" | "time" => TIME,
+        "timestamp without time zone" | "timestamp" => TIMESTAMP,
+        "timestamp with time zone" | "timestamptz" => TIMESTAMPTZ,
+        "numeric" | "decimal" => NUMERIC,
+        _ => 0,
+    }
 }
 
 /// Types a value from PostgreSQL's text form (or wal2json's), by type OID.
@@ -247,6 +279,22 @@ mod tests {
         assert_eq!(change.key[0].value, Value::Int(5));
         assert!(change.columns.is_empty());
         assert!(decode(b"{not json").is_err());
+        // pg_recvlogical's default output has no type OIDs: values are typed by name.
+        let plain = decode(br#"{"action":"I","schema":"public","table":"t","columns":[{"name":"a","type":"integer","value":5},{"name":"b","type":"numeric(10,2)","value":1.50},{"name":"c","type":"timestamp(3) without time zone","value":"2026-01-02 03:04:05.678"},{"name":"d","type":"boolean","value":true},{"name":"e","type":"text","value":"5"}]}"#).expect("plain");
+        let Event::Change(plain) = plain else {
+            panic!("not a change")
+        };
+        let values: Vec<_> = plain.columns.iter().map(|c| c.value.clone()).collect();
+        assert_eq!(
+            values,
+            vec![
+                Value::Int(5),
+                Value::Numeric("1.50".into()),
+                Value::Timestamp("2026-01-02 03:04:05.678".into()),
+                Value::Bool(true),
+                Value::Text("5".into())
+            ]
+        );
         assert!(decode(br#"{"action":"X"}"#).is_err());
     }
 }
