@@ -687,6 +687,22 @@ mod tests {
     use super::*;
     use crate::config::DEFAULT_PG_URL;
 
+    #[test]
+    fn an_option_the_plugin_refuses_is_never_retried() {
+        let target = PgTarget::parse(DEFAULT_PG_URL).expect("default url");
+        let refused = target.replication_error(ReplicationError::Server {
+            code: "22023".into(),
+            message: r#"could not parse value "public.Order Items" for parameter "add-tables""#.into(),
+        });
+        assert!(refused.is_permanent(), "{refused}");
+        assert!(refused.to_string().contains("--tables"), "{refused}");
+        let lost = target.replication_error(ReplicationError::Server {
+            code: "57P01".into(),
+            message: "terminating connection due to administrator command".into(),
+        });
+        assert!(!lost.is_permanent(), "{lost}");
+    }
+
     fn policy(url: &str) -> TlsPolicy {
         PgTarget::parse(url).expect("parses").tls
     }
