@@ -113,6 +113,11 @@ fn replayable(
             chunk.index
         ));
     }
+    if dead.stage == crate::queue::capture::PARTITION_STAGE {
+        return Err(
+            "it is the TRUNCATE of one partition, which the target's one table cannot apply; delete those rows in MariaDB instead".to_owned(),
+        );
+    }
     if dead.stage == "transform" {
         for tx in &mut message.transactions {
             let mut out = Vec::new();

@@ -12,14 +12,18 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::TableDef;
+use crate::catalog::TableName;
 use crate::change::{Change, Lsn, Message, Op, Transaction, TxContext};
 use crate::queue::batcher::{Batcher, Limits, Outgoing};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
-use crate::source::relations::{Relations, Truncated, Truncates};
+use crate::source::relations::Relations;
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
 use crate::transform::watch::ChainWatcher;
 use crate::transform::{TransformChain, guest_code};
+
+/// The dead-letter stage of a partition's own TRUNCATE, which `dlq replay` refuses.
+pub const PARTITION_STAGE: &str = "partition";
 
 /// Why the capture stopped.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +68,9 @@ struct Capture<'a> {
     chain: TransformChain,
     /// The replicated tables, by the relation names wal2json prints.
     relations: Relations,
-    /// Leaf partitions truncated so far in a row.
-    truncates: Truncates,
+    /// The partitioned table whose TRUNCATE is being read: PostgreSQL logs one
+    /// for the table, followed by one for each of its partitions.
+    truncating: Option<TableName>,
     /// A new version of the chain, swapped in at the next transaction boundary.
     next_chain: Option<TransformChain>,
     tracker: mpsc::Sender<(Option<Lsn>, PendingConfirm)>,
@@ -96,7 +101,7 @@ pub async fn run(
 ) -> Result<(), CaptureError> {
     let pg = target.sql().await?;
     let slot = crate::source::ensure_slot(target, &pg, pipeline).await?;
-    let relations = Relations::new(tables, Relations::needs_catalog(tables).then_some(pg));
+    let relations = Relations::open(tables, Relations::needs_catalog(tables).then_some(pg), pipeline).await?;
     let start = slot.confirmed_flush;
     let filter = relations.wal2json_filter();
     let mut options: Vec<(&str, String)> = wal2json::BASE_OPTIONS
@@ -132,7 +137,7 @@ pub async fn run(
         broker,
         chain: transforms.chain,
         relations,
-        truncates: Truncates::default(),
+        truncating: None,
         next_chain: None,
         tracker: track_tx,
         batcher,
@@ -164,7 +169,7 @@ pub async fn run(
                             capture.received = capture.received.max(wal_end);
                             capture.batcher.keepalive(wal_end);
                             if reply_requested {
-                                let flush = *confirmed_rx.borrow_and_update();
+                                let flush = capture.relations.confirmable(*confirmed_rx.borrow_and_update());
                                 stream.send_status(capture.received, flush, false).await.map_err(|e| target.replication_error(e))?;
                                 (reported, reported_at) = (flush, Instant::now());
                             }
@@ -175,7 +180,7 @@ pub async fn run(
                 Some(chain) = next_chain(&mut watcher) => capture.next_chain = Some(chain),
                 _ = tick.tick() => {
                     capture.tick().await?;
-                    let flush = *confirmed_rx.borrow_and_update();
+                    let flush = capture.relations.confirmable(*confirmed_rx.borrow_and_update());
                     if flush != reported || reported_at.elapsed() >= Duration::from_secs(10) {
                         stream.send_status(capture.received, flush, false).await.map_err(|e| target.replication_error(e))?;
                         (reported, reported_at) = (flush, Instant::now());
@@ -190,7 +195,11 @@ pub async fn run(
     // Drain: publish whole transactions, wait for every confirm, and tell the server.
     capture.batcher.flush(&mut capture.out);
     capture.publish().await?;
-    let Capture { tracker: track_tx, .. } = capture;
+    let Capture {
+        tracker: track_tx,
+        relations,
+        ..
+    } = capture;
     drop(track_tx);
     match tokio::time::timeout(Duration::from_secs(5), &mut tracker).await {
         Ok(joined) => tracker_result(joined)?,
@@ -198,7 +207,7 @@ pub async fn run(
             return Err(QueueError::NotConfirmed("confirms did not arrive within 5 s of shutdown".into()).into());
         }
     }
-    let flush = *confirmed_rx.borrow();
+    let flush = relations.confirmable(*confirmed_rx.borrow());
     stream
         .send_status(flush, flush, false)
         .await
@@ -269,6 +278,8 @@ impl Capture<'_> {
                 if self.open.is_some() {
                     return Err(SourceError::Replication("wal2json sent a BEGIN inside a transaction".into()).into());
                 }
+                // Also here: while a backlog streams, the loop's tick seldom runs.
+                self.relations.check().await?;
                 if let Some(chain) = self.next_chain.take() {
                     // Every message names one chain version: publish what the old one made first.
                     self.batcher.flush(&mut self.out);
@@ -288,22 +299,26 @@ impl Capture<'_> {
                 let Some(context) = self.open.as_ref() else {
                     return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
                 };
-                // A truncate is rare: keep it under the leaf's own name too.
-                let leaf = (change.op == Op::Truncate).then(|| change.clone());
+                // A truncate is rare: keep the relation's own name.
+                let relation = (change.op == Op::Truncate).then(|| TableName {
+                    schema: change.schema.clone(),
+                    name: change.table.clone(),
+                });
                 let Some(def) = self.relations.resolve(&mut change, context.commit_lsn).await? else {
                     return Ok(());
                 };
-                if let Some(leaf) = leaf.filter(|_| def.partitions.is_some()) {
-                    let mut unfinished = Vec::new();
-                    let outcome = self.relations.truncate(&mut self.truncates, leaf, &mut unfinished);
-                    self.dead_letter_truncates(unfinished).await?;
-                    match outcome {
-                        Truncated::Pending => return Ok(()),
-                        Truncated::Whole(whole) => change = whole,
+                let partitioned = def.partitions.is_some();
+                let table = def.name.clone();
+                match relation {
+                    Some(relation) if partitioned && relation == table => self.truncating = Some(table),
+                    // A partition's own truncate after its table's: already emptied.
+                    Some(_) if partitioned && self.truncating.as_ref() == Some(&table) => return Ok(()),
+                    Some(relation) if partitioned => {
+                        change.schema = relation.schema;
+                        change.table = relation.name;
+                        return self.dead_letter_truncate(change).await;
                     }
-                } else {
-                    let unfinished = self.truncates.finish();
-                    self.dead_letter_truncates(unfinished).await?;
+                    _ => self.truncating = None,
                 }
                 let Some(context) = self.open.as_ref() else {
                     return Ok(());
@@ -323,8 +338,7 @@ impl Capture<'_> {
                 }
             }
             Event::Commit { commit_lsn } => {
-                let unfinished = self.truncates.finish();
-                self.dead_letter_truncates(unfinished).await?;
+                self.truncating = None;
                 if self.open.take().is_none() {
                     return Err(SourceError::Replication("wal2json sent a commit outside a transaction".into()).into());
                 }
@@ -335,35 +349,33 @@ impl Capture<'_> {
         self.publish().await
     }
 
-    /// Dead-letters the TRUNCATEs of some leaf partitions of a table, but not all:
-    /// the target holds every partition's rows in one table, and cannot tell
-    /// which were the truncated leaves'.
-    async fn dead_letter_truncates(&mut self, changes: Vec<Change>) -> Result<(), CaptureError> {
+    /// Dead-letters, under the partition's own name, the TRUNCATE of some of a
+    /// table's partitions: the target holds every partition's rows in one table
+    /// and cannot tell which were theirs.
+    async fn dead_letter_truncate(&mut self, change: Change) -> Result<(), CaptureError> {
         let Some(context) = self.open.as_ref() else {
             return Ok(());
         };
-        for change in changes {
-            let table = change.qualified_table();
-            tracing::error!(%table, lsn = %context.commit_lsn, "dead-lettering a TRUNCATE of some of a table's partitions");
-            let why = DeadLetter {
-                stage: "capture",
-                reason: format!(
-                    "a TRUNCATE of some partitions of {table}, not all, cannot be applied to its one MariaDB table, which does not know which rows were in them; delete those rows in MariaDB, or use DELETE on the partition in PostgreSQL"
-                ),
-                lsn: context.commit_lsn.to_string(),
-                table,
-            };
-            let message = Message::new(
-                self.pipeline,
-                self.chain.hashes(),
-                vec![Transaction {
-                    context: context.clone(),
-                    changes: vec![change],
-                }],
-                context.commit_lsn,
-            );
-            self.broker.dead_letter_message(&message, &why).await?;
-        }
+        let table = change.qualified_table();
+        tracing::error!(%table, lsn = %context.commit_lsn, "dead-lettering a TRUNCATE of a partition alone");
+        let why = DeadLetter {
+            stage: PARTITION_STAGE,
+            reason: format!(
+                "a TRUNCATE of partition {table} alone cannot be applied to its table's one MariaDB table, which does not know which rows were in it; delete those rows in MariaDB, or use DELETE on the partition in PostgreSQL"
+            ),
+            lsn: context.commit_lsn.to_string(),
+            table,
+        };
+        let message = Message::new(
+            self.pipeline,
+            self.chain.hashes(),
+            vec![Transaction {
+                context: context.clone(),
+                changes: vec![change],
+            }],
+            context.commit_lsn,
+        );
+        self.broker.dead_letter_message(&message, &why).await?;
         Ok(())
     }
 

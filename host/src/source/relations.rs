@@ -4,31 +4,41 @@
 //! is the table itself. For a partitioned table it is the leaf partition, so the
 //! capture maps each leaf back to the partitioned table named in `--tables`.
 //!
-//! Partitions can be created or attached while the pipeline runs, and wal2json's
+//! Partitions can be created while the pipeline runs, and wal2json's
 //! `add-tables` is fixed when the stream starts. So for a partitioned table the
 //! filter names every schema that holds one of its partitions (`schema.*`), not
 //! the partitions themselves: a partition created later in one of those schemas
 //! is decoded from its first change, and the capture looks up, in the catalog,
-//! each relation it has not seen before. Two cases cannot be covered and stop
-//! the pipeline with a sentence that names the partition ([`SourceError::Refused`]):
-//! - a partition in a schema the filter does not name, whose changes wal2json
-//!   drops before the host sees them (found by a catalog check every 10 s);
-//! - a table attached with `ATTACH PARTITION` while it held rows: those rows were
-//!   never changes of the partitioned table, so they are not in the stream.
+//! each relation it has not seen before. What the stream cannot carry stops the
+//! pipeline with a sentence that names the partition and says to copy the table
+//! afresh ([`SourceError::Refused`]):
+//! - a table attached with `ATTACH PARTITION`: the rows it held were never
+//!   changes of the partitioned table, and changes it had before may sit in the
+//!   stream under its name;
+//! - a partition in a schema the filter did not name, whose changes wal2json
+//!   dropped before the host saw them;
+//! - a partition without a usable replica identity, whose updates and deletes
+//!   wal2json cannot describe.
+//!
+//! The refusals hold across restarts until the table is copied afresh: at
+//! start-up, a partition linked after the slot's `catalog_xmin` (so after the
+//! point the stream resumes from) is judged as if it had appeared mid-run.
+//! While running, the partition tree is read again every 10 s, which also finds
+//! attached partitions that have not been written, and forgets detached ones.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row};
 
 use crate::catalog::{TableDef, TableName};
 use crate::change::{Change, Lsn};
 use crate::source::SourceError;
 
-/// How often the catalog is checked for partitions outside the filter.
+/// How often the partition trees are read again.
 const RECHECK: Duration = Duration::from_secs(10);
 
-/// How long one catalog lookup may take before the capture gives up and restarts.
+/// How long one catalog query may take before the capture gives up and restarts.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a relation's changes are, as far as the pipeline knows.
@@ -41,47 +51,128 @@ enum Known {
     Unrelated(Lsn),
 }
 
+/// Columns that describe a leaf partition `c`, read after its schema and name
+/// (`$1` is the slot): its replica identity, and when it joined the tree.
+const LEAF_FACTS: &str = "c.relreplident::text, \
+     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+     (SELECT min(age(ih.xmin)) FROM pg_partition_ancestors(c.oid) p(relid) \
+        JOIN pg_inherits ih ON ih.inhrelid = p.relid), \
+     (SELECT age(d.xmin) FROM pg_depend d WHERE d.classid = 'pg_type'::regclass \
+        AND d.objid = c.reltype AND d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid), \
+     (SELECT age(s.catalog_xmin) FROM pg_replication_slots s WHERE s.slot_name = $1)";
+
+/// A leaf partition as the catalog describes it.
+struct Leaf {
+    name: TableName,
+    /// A primary key, or REPLICA IDENTITY FULL or USING INDEX.
+    identifiable: bool,
+    /// Linked into the tree after it was created: ATTACH PARTITION. The row type's
+    /// dependency row is written with the table and never rewritten (unlike the
+    /// row type itself, which OWNER TO and RENAME rewrite).
+    attached: bool,
+    /// Linked into the tree after the slot's `catalog_xmin`: the stream may still
+    /// hold its joining, so a previous run may not have judged it.
+    fresh: bool,
+}
+
+impl Leaf {
+    /// Reads a row whose first two columns are the leaf's schema and name,
+    /// followed by [`LEAF_FACTS`].
+    fn from_row(r: &Row) -> Self {
+        let identity: String = r.get(2);
+        let has_key: bool = r.get(3);
+        let link: Option<i32> = r.get(4);
+        let created: Option<i32> = r.get(5);
+        let slot: Option<i32> = r.get(6);
+        Leaf {
+            name: TableName {
+                schema: r.get(0),
+                name: r.get(1),
+            },
+            identifiable: identity == "f" || identity == "i" || (identity == "d" && has_key),
+            // An age is smaller for a younger transaction.
+            attached: match (link, created) {
+                (Some(link), Some(created)) => link < created,
+                (Some(_), None) => true,
+                (None, _) => false,
+            },
+            fresh: matches!((link, slot), (Some(link), Some(slot)) if link <= slot),
+        }
+    }
+}
+
 /// The replicated tables, and the relations whose changes belong to each.
 pub struct Relations {
     defs: Vec<TableDef>,
-    /// `(schema, relation)` as wal2json prints it.
-    known: HashMap<(String, String), Known>,
+    /// By schema, then relation, as wal2json prints them.
+    known: HashMap<String, HashMap<String, Known>>,
     /// Schemas named by the filter as `schema.*`, for partitioned tables.
     covered: BTreeSet<String>,
     /// A connection for catalog lookups; only when a table is partitioned.
     catalog: Option<Client>,
+    slot: String,
     checked_at: Instant,
+    /// Where the server's WAL was when the partition trees were last read: the
+    /// slot is confirmed no further, so that a partition that joined a tree
+    /// after it is judged again at the next start (see [`Leaf::fresh`]).
+    checked_through: Lsn,
 }
 
 impl Relations {
     /// The tables as read at start-up, each with its partitions. `catalog` is
-    /// used to look up partitions created later; it is needed only when a
-    /// table is partitioned.
-    pub fn new(defs: &[TableDef], catalog: Option<Client>) -> Self {
-        let mut known = HashMap::new();
-        let mut covered = BTreeSet::new();
+    /// needed only when a table is partitioned: it reads partition trees, and
+    /// judges at once the partitions that joined after `slot` last moved on.
+    pub async fn open(defs: &[TableDef], catalog: Option<Client>, slot: &str) -> Result<Self, SourceError> {
+        let mut relations = Relations {
+            defs: defs.to_vec(),
+            known: HashMap::new(),
+            covered: BTreeSet::new(),
+            catalog,
+            slot: slot.to_owned(),
+            checked_at: Instant::now(),
+            checked_through: Lsn(0),
+        };
         for (i, def) in defs.iter().enumerate() {
-            known.insert(key(&def.name), Known::Table(i));
+            relations.remember(&def.name, Known::Table(i));
             if let Some(leaves) = &def.partitions {
-                covered.insert(def.name.schema.clone());
+                relations.covered.insert(def.name.schema.clone());
                 for leaf in leaves {
-                    covered.insert(leaf.schema.clone());
-                    known.insert(key(leaf), Known::Table(i));
+                    relations.covered.insert(leaf.schema.clone());
+                    relations.remember(leaf, Known::Table(i));
                 }
             }
         }
-        Relations {
-            defs: defs.to_vec(),
-            known,
-            covered,
-            catalog,
-            checked_at: Instant::now(),
+        if let Some(pg) = &relations.catalog {
+            // A lookup waits neither for a lock nor for long: the capture must stay stoppable.
+            timed(pg.batch_execute("SET statement_timeout = '5s'; SET lock_timeout = '2s'")).await?;
+            relations.read_trees(true).await?;
+        }
+        Ok(relations)
+    }
+
+    /// How far the slot may be confirmed, given the position `flush` that RabbitMQ holds.
+    pub fn confirmable(&self, flush: Lsn) -> Lsn {
+        if self.catalog.is_some() {
+            flush.min(self.checked_through)
+        } else {
+            flush
         }
     }
 
     /// Whether any table is partitioned, so that lookups need a catalog connection.
     pub fn needs_catalog(defs: &[TableDef]) -> bool {
         defs.iter().any(|d| d.partitions.is_some())
+    }
+
+    fn remember(&mut self, name: &TableName, known: Known) {
+        self.known
+            .entry(name.schema.clone())
+            .or_default()
+            .insert(name.name.clone(), known);
+    }
+
+    fn get(&self, schema: &str, relation: &str) -> Option<Known> {
+        self.known.get(schema)?.get(relation).copied()
     }
 
     /// wal2json's `add-tables` value: each plain table, and each schema that
@@ -110,14 +201,19 @@ impl Relations {
     /// `None` for a relation that is not replicated.
     ///
     /// A relation found unrelated is looked up again for a transaction that
-    /// committed after the lookup, since it may have been attached meanwhile;
+    /// committed after the lookup, since it may have joined a tree meanwhile;
     /// a capture that is behind reuses one lookup for its whole backlog.
     pub async fn resolve(&mut self, change: &mut Change, commit_lsn: Lsn) -> Result<Option<&TableDef>, SourceError> {
-        let relation = (change.schema.clone(), change.table.clone());
-        let index = match self.known.get(&relation) {
-            Some(Known::Table(i)) => Some(*i),
-            Some(Known::Unrelated(through)) if commit_lsn <= *through => None,
-            _ => self.look_up(&relation).await?,
+        let index = match self.get(&change.schema, &change.table) {
+            Some(Known::Table(i)) => Some(i),
+            Some(Known::Unrelated(through)) if commit_lsn <= through => None,
+            _ => {
+                let relation = TableName {
+                    schema: change.schema.clone(),
+                    name: change.table.clone(),
+                };
+                self.look_up(relation).await?
+            }
         };
         let Some(i) = index else {
             return Ok(None);
@@ -130,78 +226,124 @@ impl Relations {
         Ok(Some(def))
     }
 
-    /// Checks, at most every [`RECHECK`], that every partition of the partitioned
-    /// tables lies in a schema the filter covers.
+    /// Reads the partition trees again, at most every [`RECHECK`].
     pub async fn check(&mut self) -> Result<(), SourceError> {
-        if self.checked_at.elapsed() < RECHECK {
+        if self.catalog.is_none() || self.checked_at.elapsed() < RECHECK {
             return Ok(());
         }
+        self.read_trees(false).await
+    }
+
+    /// Judges every leaf that joined a tree since the pipeline knew it (at
+    /// start-up: since the slot's `catalog_xmin`), and forgets the leaves that
+    /// left. Start-up also refuses a schema whose every leaf is fresh: the
+    /// previous run's filter may not have named it.
+    async fn read_trees(&mut self, at_start: bool) -> Result<(), SourceError> {
         self.checked_at = Instant::now();
         let Some(pg) = &self.catalog else {
             return Ok(());
         };
-        for def in self.defs.iter().filter(|d| d.partitions.is_some()) {
-            let rows = timed(pg.query(
-                "SELECT n.nspname::text, c.relname::text \
-                 FROM pg_class p JOIN pg_namespace pn ON pn.oid = p.relnamespace, \
-                      pg_partition_tree(p.oid) t JOIN pg_class c ON c.oid = t.relid \
-                      JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE pn.nspname = $1 AND p.relname = $2 AND t.isleaf",
-                &[&def.name.schema, &def.name.name],
-            ))
-            .await?;
-            for r in rows {
-                let leaf = TableName {
-                    schema: r.get(0),
-                    name: r.get(1),
-                };
-                if !self.covered.contains(&leaf.schema) {
-                    return Err(uncovered(&leaf, &def.name));
+        let through = current_wal_lsn(pg).await?;
+        let sql = format!(
+            "SELECT n.nspname::text, c.relname::text, {LEAF_FACTS} \
+             FROM pg_class pc JOIN pg_namespace pn ON pn.oid = pc.relnamespace, \
+                  pg_partition_tree(pc.oid) t JOIN pg_class c ON c.oid = t.relid \
+                  JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE pn.nspname = $2 AND pc.relname = $3 AND t.isleaf"
+        );
+        let mut found = Vec::new();
+        for (i, def) in self.defs.iter().enumerate().filter(|(_, d)| d.partitions.is_some()) {
+            let rows = timed(pg.query(&sql, &[&self.slot, &def.name.schema, &def.name.name])).await?;
+            let leaves: Vec<Leaf> = rows.iter().map(Leaf::from_row).collect();
+            if at_start {
+                let mut by_schema: BTreeMap<&str, Vec<&Leaf>> = BTreeMap::new();
+                for leaf in &leaves {
+                    by_schema.entry(leaf.name.schema.as_str()).or_default().push(leaf);
+                }
+                for (schema, in_schema) in by_schema {
+                    if schema != def.name.schema && in_schema.iter().all(|l| l.fresh) {
+                        return Err(uncovered(&in_schema[0].name, &def.name));
+                    }
                 }
             }
+            for leaf in &leaves {
+                let known = matches!(self.get(&leaf.name.schema, &leaf.name.name), Some(Known::Table(j)) if j == i);
+                if !known || (at_start && leaf.fresh) {
+                    self.judge(leaf, &def.name)?;
+                }
+            }
+            found.push((i, leaves));
+        }
+        for (i, leaves) in found {
+            let current: BTreeSet<(&str, &str)> = leaves
+                .iter()
+                .map(|l| (l.name.schema.as_str(), l.name.name.as_str()))
+                .collect();
+            let parent = self.defs[i].name.clone();
+            for (schema, relations) in &mut self.known {
+                relations.retain(|relation, known| {
+                    let leaf_of_i = matches!(known, Known::Table(j) if *j == i)
+                        && (schema != &parent.schema || relation != &parent.name);
+                    let gone = leaf_of_i && !current.contains(&(schema.as_str(), relation.as_str()));
+                    if gone {
+                        tracing::warn!(partition = %format!("{schema}.{relation}"), table = %parent, "a partition left its table (detached or dropped); its changes are no longer replicated");
+                    }
+                    !gone
+                });
+            }
+            for leaf in leaves {
+                if !matches!(self.get(&leaf.name.schema, &leaf.name.name), Some(Known::Table(_))) {
+                    tracing::info!(partition = %leaf.name, table = %parent, "a new partition: its changes are replicated into its partitioned table");
+                    self.remember(&leaf.name, Known::Table(i));
+                }
+            }
+        }
+        self.checked_through = through;
+        Ok(())
+    }
+
+    /// Refuses a leaf that joined its tree in a way the stream cannot carry.
+    fn judge(&self, leaf: &Leaf, parent: &TableName) -> Result<(), SourceError> {
+        let recopy = format!("copy {parent} afresh (stop the pipeline, `wasmcdc slot drop`, start it again)");
+        if !leaf.identifiable {
+            return Err(SourceError::Refused(format!(
+                "partition {} of {parent} has no primary key and its replica identity is not FULL, so wal2json cannot describe its updates and deletes; run ALTER TABLE {} REPLICA IDENTITY FULL (or add a key), then {recopy}",
+                leaf.name,
+                leaf.name.pg_quoted()
+            )));
+        }
+        if leaf.attached {
+            return Err(SourceError::Refused(format!(
+                "{} was attached to {parent} with ATTACH PARTITION while the pipeline streamed it; the rows it held, and its changes from before, were never changes of {parent}; {recopy}, or create partitions with CREATE TABLE ... PARTITION OF",
+                leaf.name
+            )));
+        }
+        if !self.covered.contains(&leaf.name.schema) {
+            return Err(uncovered(&leaf.name, parent));
         }
         Ok(())
     }
 
     /// Finds in the catalog whether a relation is a partition of a replicated
-    /// table, and remembers the answer.
-    async fn look_up(&mut self, relation: &(String, String)) -> Result<Option<usize>, SourceError> {
+    /// table, judges it, and remembers the answer.
+    async fn look_up(&mut self, relation: TableName) -> Result<Option<usize>, SourceError> {
         let Some(pg) = &self.catalog else {
-            self.known.insert(relation.clone(), Known::Unrelated(Lsn(u64::MAX)));
+            self.remember(&relation, Known::Unrelated(Lsn(u64::MAX)));
             return Ok(None);
         };
-        // Read before the catalog, so that every transaction committed by then is
-        // visible to the catalog query that follows.
-        let through: Lsn = timed(pg.query_one("SELECT pg_current_wal_lsn()::text", &[]))
-            .await?
-            .get::<_, String>(0)
-            .parse()
-            .map_err(|e| SourceError::Query(format!("PostgreSQL printed an unreadable position: {e}")))?;
-        // Every partitioned table above the relation, with the transaction that
-        // linked each level, and the one that created the relation's row type
-        // (which ATTACH PARTITION does not touch).
-        let rows = timed(pg.query(
-            "SELECT an.nspname::text, ac.relname::text, c.relreplident::text, \
-                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
-                    (SELECT min(age(ih.xmin)) FROM pg_partition_ancestors(c.oid) p(relid) \
-                       JOIN pg_inherits ih ON ih.inhrelid = p.relid), \
-                    age(ty.xmin) \
+        let through = current_wal_lsn(pg).await?;
+        let sql = format!(
+            "SELECT n.nspname::text, c.relname::text, {LEAF_FACTS}, an.nspname::text, ac.relname::text \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_type ty ON ty.oid = c.reltype \
              CROSS JOIN LATERAL pg_partition_ancestors(c.oid) a(relid) \
              JOIN pg_class ac ON ac.oid = a.relid JOIN pg_namespace an ON an.oid = ac.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'r' AND a.relid <> c.oid",
-            &[&relation.0, &relation.1],
-        ))
-        .await?;
-        let leaf = TableName {
-            schema: relation.0.clone(),
-            name: relation.1.clone(),
-        };
+             WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind = 'r' AND a.relid <> c.oid"
+        );
+        let rows = timed(pg.query(&sql, &[&self.slot, &relation.schema, &relation.name])).await?;
         let found = rows.iter().find_map(|r| {
             let ancestor = TableName {
-                schema: r.get(0),
-                name: r.get(1),
+                schema: r.get(7),
+                name: r.get(8),
             };
             self.defs
                 .iter()
@@ -209,114 +351,31 @@ impl Relations {
                 .map(|i| (i, r))
         });
         let Some((i, row)) = found else {
-            self.known.insert(relation.clone(), Known::Unrelated(through));
+            self.remember(&relation, Known::Unrelated(through));
             return Ok(None);
         };
-        let parent = &self.defs[i].name;
-        let identity: String = row.get(2);
-        let has_key: bool = row.get(3);
-        if !(identity == "f" || identity == "i" || (identity == "d" && has_key)) {
-            return Err(SourceError::NoKey(leaf));
-        }
-        // The newest link above the relation is younger than the relation itself:
-        // it was attached, not created as a partition. Rows written before that link
-        // are not in the stream as changes of the partitioned table.
-        let (newest_link, created): (Option<i32>, i32) = (row.get(4), row.get(5));
-        if let Some(newest) = newest_link.filter(|&n| n < created) {
-            let held = timed(pg.query_one(
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM {} WHERE age(xmin) > $1)",
-                    leaf.pg_quoted()
-                ),
-                &[&newest],
-            ))
-            .await?;
-            if held.get::<_, bool>(0) {
-                return Err(SourceError::Refused(format!(
-                    "{leaf} was attached to {parent} while it held rows, and those rows were never changes of {parent}, so the target would miss them; re-copy {parent} (stop the pipeline, `wasmcdc slot drop`, start it again), or attach only empty tables"
-                )));
-            }
-        }
-        if !self.covered.contains(&leaf.schema) {
-            return Err(uncovered(&leaf, parent));
-        }
-        tracing::info!(partition = %leaf, table = %parent, "a new partition: its changes are replicated into its partitioned table");
-        self.known.insert(relation.clone(), Known::Table(i));
+        let leaf = Leaf::from_row(row);
+        self.judge(&leaf, &self.defs[i].name)?;
+        tracing::info!(partition = %leaf.name, table = %self.defs[i].name, "a new partition: its changes are replicated into its partitioned table");
+        self.remember(&relation, Known::Table(i));
         Ok(Some(i))
     }
 }
 
-/// The TRUNCATEs of leaf partitions read so far in a row: PostgreSQL logs
-/// `TRUNCATE orders` as one truncate per leaf, and the target holds all leaves
-/// in one table, so it is emptied only when every leaf it holds rows of was.
-#[derive(Default)]
-pub struct Truncates {
-    table: Option<usize>,
-    leaves: BTreeSet<(String, String)>,
-    changes: Vec<Change>,
-}
-
-/// What to do with a run of leaf truncates.
-#[derive(Debug, PartialEq)]
-pub enum Truncated {
-    /// More may follow.
-    Pending,
-    /// Every leaf was truncated: apply this one truncate of the partitioned table.
-    Whole(Change),
-}
-
-impl Relations {
-    /// Takes the TRUNCATE of a leaf, by the leaf's own name. What was pending
-    /// for another table is returned in `unfinished`, for the caller to
-    /// dead-letter under the leaves' names, so that a replay cannot empty the
-    /// whole table.
-    pub fn truncate(&self, pending: &mut Truncates, mut change: Change, unfinished: &mut Vec<Change>) -> Truncated {
-        let leaf = (change.schema.clone(), change.table.clone());
-        let Some(Known::Table(table)) = self.known.get(&leaf).copied() else {
-            unfinished.push(change);
-            return Truncated::Pending;
-        };
-        if pending.table.is_some_and(|t| t != table) {
-            unfinished.append(&mut pending.finish());
-        }
-        pending.table = Some(table);
-        pending.leaves.insert(leaf);
-        pending.changes.push(change.clone());
-        let name = &self.defs[table].name;
-        let every_leaf = self
-            .known
-            .iter()
-            .filter(|(k, v)| matches!(v, Known::Table(i) if *i == table) && (k.0 != name.schema || k.1 != name.name))
-            .all(|(k, _)| pending.leaves.contains(k));
-        if every_leaf {
-            pending.finish();
-            change.schema.clone_from(&name.schema);
-            change.table.clone_from(&name.name);
-            Truncated::Whole(change)
-        } else {
-            Truncated::Pending
-        }
-    }
-}
-
-impl Truncates {
-    /// Ends the run: what is left was a TRUNCATE of some leaves only.
-    pub fn finish(&mut self) -> Vec<Change> {
-        self.table = None;
-        self.leaves.clear();
-        std::mem::take(&mut self.changes)
-    }
-}
-
-fn key(name: &TableName) -> (String, String) {
-    (name.schema.clone(), name.name.clone())
-}
-
 fn uncovered(leaf: &TableName, parent: &TableName) -> SourceError {
     SourceError::Refused(format!(
-        "partition {leaf} of {parent} is in schema {}, which the change stream did not name when it started, so its changes may be missing; restart the pipeline (it then names the schema) and re-copy {parent} (`wasmcdc slot drop`, then start again), or keep partitions in the schemas that hold the others",
-        crate::catalog::pg_ident(&leaf.schema)
+        "partition {leaf} of {parent} is in a schema that held none of its partitions when the stream started, so wal2json may have dropped its changes; copy {parent} afresh (stop the pipeline, `wasmcdc slot drop`, start it again), or create partitions in the schemas that hold the others"
     ))
+}
+
+/// The server's WAL position, read before a catalog query so that every
+/// transaction committed by then is visible to that query.
+async fn current_wal_lsn(pg: &Client) -> Result<Lsn, SourceError> {
+    timed(pg.query_one("SELECT pg_current_wal_lsn()::text", &[]))
+        .await?
+        .get::<_, String>(0)
+        .parse()
+        .map_err(|e| SourceError::Query(format!("PostgreSQL printed an unreadable position: {e}")))
 }
 
 async fn timed<T>(query: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, SourceError> {
@@ -350,8 +409,8 @@ mod tests {
         }
     }
 
-    fn relations() -> Relations {
-        Relations::new(
+    async fn relations() -> Relations {
+        Relations::open(
             &[
                 def(
                     name("public", "orders"),
@@ -361,12 +420,15 @@ mod tests {
                 def(name("sales", "q1.2026"), None),
             ],
             None,
+            "p",
         )
+        .await
+        .expect("opens without a catalog")
     }
 
     #[tokio::test]
     async fn leaves_map_to_their_partitioned_table() {
-        let mut relations = relations();
+        let mut relations = relations().await;
         let mut change = Change {
             op: Op::Insert,
             schema: "arch ive".into(),
@@ -386,35 +448,12 @@ mod tests {
         assert!(relations.resolve(&mut change, lsn).await.expect("resolves").is_none());
     }
 
-    #[test]
-    fn only_a_truncate_of_every_leaf_empties_the_table() {
-        let relations = relations();
-        let truncate = |schema: &str, table: &str| Change {
-            op: Op::Truncate,
-            schema: schema.into(),
-            table: table.into(),
-            columns: Vec::new(),
-            key: Vec::new(),
-        };
-        let mut pending = Truncates::default();
-        let mut unfinished = Vec::new();
-        assert_eq!(
-            relations.truncate(&mut pending, truncate("public", "orders_eu"), &mut unfinished),
-            Truncated::Pending
-        );
-        assert_eq!(
-            relations.truncate(&mut pending, truncate("arch ive", "orders_2020"), &mut unfinished),
-            Truncated::Whole(truncate("public", "orders"))
-        );
-        assert!(unfinished.is_empty() && pending.finish().is_empty());
-        // One leaf alone is left pending, under its own name, and its caller dead-letters it.
-        relations.truncate(&mut pending, truncate("public", "orders_eu"), &mut unfinished);
-        assert_eq!(pending.finish(), vec![truncate("public", "orders_eu")]);
-    }
-
-    #[test]
-    fn the_filter_names_plain_tables_and_the_schemas_of_partitions() {
+    #[tokio::test]
+    async fn the_filter_names_plain_tables_and_the_schemas_of_partitions() {
         // `public.plain` is already covered by `public.*`.
-        assert_eq!(relations().wal2json_filter(), r"sales.q1\.2026,arch\ ive.*,public.*");
+        assert_eq!(
+            relations().await.wal2json_filter(),
+            r"sales.q1\.2026,arch\ ive.*,public.*"
+        );
     }
 }
