@@ -281,13 +281,15 @@ impl Capture<'_> {
                 self.batcher.begin(context.clone());
                 self.open = Some(context);
             }
-            Event::Change(mut change) => {
+            Event::Change { mut change, old_row } => {
                 let Some(context) = self.open.as_ref() else {
                     return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
                 };
-                if self.relations.resolve(&mut change, context.commit_lsn).await?.is_none() {
+                let Some(def) = self.relations.resolve(&mut change, context.commit_lsn).await? else {
                     return Ok(());
-                }
+                };
+                // Before any transform: a rewrite must see what the update left out.
+                wal2json::complete_update(&mut change, old_row, &def.columns);
                 let mut changes = Vec::new();
                 transform_change(
                     self.pipeline,
