@@ -30,4 +30,5 @@ mod shutdown;
 mod snapshot;
 mod standby;
 mod tables;
+mod toast;
 mod transient;

@@ -97,6 +97,7 @@ pub(super) async fn apply_changes(
 ) -> Result<(), sqlx::Error> {
     let same_shape = |a: &Change, b: &Change| {
         b.op == Op::Insert
+            && !keeps_values(b)
             && a.table == b.table
             && a.schema == b.schema
             && a.columns.len() == b.columns.len()
@@ -105,7 +106,7 @@ pub(super) async fn apply_changes(
     let mut i = 0;
     while i < changes.len() {
         let first = &changes[i];
-        if first.op != Op::Insert {
+        if first.op != Op::Insert || keeps_values(first) {
             apply_change(tx, first).await?;
             i += 1;
             continue;
@@ -167,6 +168,7 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
             .join(" AND ")
     };
     let (sql, values): (String, Vec<&Column>) = match change.op {
+        Op::Insert if keeps_values(change) => return insert_keeping_values(tx, change).await,
         Op::Insert => return insert_rows(tx, std::slice::from_ref(change)).await,
         Op::Update => (
             format!(
@@ -200,19 +202,116 @@ async fn apply_change(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result
     }
     let done = query.execute(&mut *tx).await?;
     if change.op == Op::Update && done.rows_affected() == 0 {
+        let also = if keeps_values(change) {
+            format!(
+                ", and it does not carry the value of {} (an unchanged TOAST value), so the row cannot be written whole either; {FULL_IDENTITY}",
+                unchanged_columns(change)
+            )
+        } else {
+            String::new()
+        };
         return Err(sqlx::Error::Protocol(format!(
-            "update on {} found no row with key {}",
+            "update on {} found no row with key {}{also}",
             change.qualified_table(),
-            describe_key(change)
+            describe_key(&change.key)
         )));
     }
     Ok(())
 }
 
-fn describe_key(change: &Change) -> String {
+/// How to have the source send whole rows, so that no value is left out.
+const FULL_IDENTITY: &str =
+    "run ALTER TABLE ... REPLICA IDENTITY FULL on the source table so that updates carry the whole old row";
+
+/// Whether a change carries values the target must keep (unchanged TOAST values).
+fn keeps_values(change: &Change) -> bool {
+    change.columns.iter().any(|c| c.value == Value::UnchangedToast)
+}
+
+/// The names of the columns whose target value a change keeps.
+fn unchanged_columns(change: &Change) -> String {
     change
-        .key
+        .columns
         .iter()
+        .filter(|c| c.value == Value::UnchangedToast)
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An insert that carries unchanged TOAST values, which a transform made from an
+/// update: it rewrites the row the target holds with the same primary key, and
+/// that row keeps its values in those columns. Without such a row, the values
+/// are not known anywhere, so the insert is refused (and dead-lettered) with the
+/// reason instead of writing a row that lacks them.
+///
+/// An UPDATE by the primary key, not `INSERT ... ON DUPLICATE KEY UPDATE`: that
+/// would insert the incomplete row when none exists, and it fires on any unique key.
+async fn insert_keeping_values(tx: &mut sqlx::MySqlConnection, change: &Change) -> Result<(), sqlx::Error> {
+    let target = target_table(&change.schema, &change.table);
+    let primary_key: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(column_name AS CHAR) FROM information_schema.statistics \
+         WHERE table_schema = DATABASE() AND table_name = ? AND index_name = 'PRIMARY' ORDER BY seq_in_index",
+    )
+    .bind(&target)
+    .fetch_all(&mut *tx)
+    .await?;
+    let refuse = |why: String| {
+        sqlx::Error::Protocol(format!(
+            "insert into {} does not carry the value of {} (an unchanged TOAST value the source left out of an update), and {why}; {FULL_IDENTITY}",
+            change.qualified_table(),
+            unchanged_columns(change)
+        ))
+    };
+    if primary_key.is_empty() {
+        return Err(refuse(format!(
+            "its target table {target} has no primary key to find the row that holds it"
+        )));
+    }
+    let key: Vec<Column> = primary_key
+        .iter()
+        .map(|name| {
+            change
+                .columns
+                .iter()
+                .find(|c| &c.name == name && c.value != Value::UnchangedToast)
+                .cloned()
+                .ok_or_else(|| refuse(format!("it has no value for {name}, the target's primary key")))
+        })
+        .collect::<Result<_, _>>()?;
+    let present: Vec<&Column> = change
+        .columns
+        .iter()
+        .filter(|c| c.value != Value::UnchangedToast)
+        .collect();
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {}",
+        my_ident(&target),
+        present
+            .iter()
+            .map(|c| format!("{} = ?", my_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        key.iter()
+            .map(|k| format!("{} = ?", my_ident(&k.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for v in present.into_iter().chain(&key) {
+        query = bind(query, v)?;
+    }
+    if query.execute(&mut *tx).await?.rows_affected() == 0 {
+        return Err(refuse(format!(
+            "the target holds no row with key {}",
+            describe_key(&key)
+        )));
+    }
+    Ok(())
+}
+
+fn describe_key(key: &[Column]) -> String {
+    key.iter()
         .map(|k| format!("{}={}", k.name, serde_json::to_string(&k.value).unwrap_or_default()))
         .collect::<Vec<_>>()
         .join(", ")
@@ -236,7 +335,10 @@ fn bind<'q>(query: MyQuery<'q>, column: &'q Column) -> Result<MyQuery<'q>, sqlx:
         Value::Timestamptz(s) => query.bind(s.strip_suffix("+00").unwrap_or(s).to_owned()),
         Value::Bytes(b) => query.bind(b.as_slice()),
         Value::UnchangedToast => {
-            return Err(sqlx::Error::Protocol("an unchanged TOAST value cannot be bound".into()));
+            return Err(sqlx::Error::Protocol(format!(
+                "column {} holds an unchanged TOAST value, which has no value to write",
+                column.name
+            )));
         }
     })
 }

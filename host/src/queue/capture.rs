@@ -295,7 +295,7 @@ impl Capture<'_> {
                 self.batcher.begin(context.clone());
                 self.open = Some(context);
             }
-            Event::Change(mut change) => {
+            Event::Change { mut change, old_row } => {
                 let Some(context) = self.open.as_ref() else {
                     return Err(SourceError::Replication("wal2json sent a change outside a transaction".into()).into());
                 };
@@ -307,6 +307,8 @@ impl Capture<'_> {
                 let Some(def) = self.relations.resolve(&mut change, context.commit_lsn).await? else {
                     return Ok(());
                 };
+                // Before any transform: a rewrite must see what the update left out.
+                wal2json::complete_update(&mut change, old_row, &def.columns);
                 let partitioned = def.partitions.is_some();
                 let table = def.name.clone();
                 match relation {

@@ -1,8 +1,11 @@
 //! Decoding of wal2json format-version 2 output into the pipeline's changes.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::catalog::ColumnDef;
 use crate::change::{Change, Column, Lsn, Op, Value};
 
 /// The plugin options the capture always asks for.
@@ -30,7 +33,13 @@ pub enum Event {
         commit_time: String,
     },
     /// A row change.
-    Change(Change),
+    Change {
+        /// The change, its key narrowed to the primary key.
+        change: Change,
+        /// For an update under REPLICA IDENTITY FULL, the whole old row; empty
+        /// otherwise (wal2json then sends at most the old key).
+        old_row: Vec<Column>,
+    },
     /// The transaction ends.
     Commit {
         /// End of the commit record.
@@ -124,27 +133,145 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             })
             .collect()
     };
-    Ok(Event::Change(Change {
-        op,
-        schema: line.schema.clone().ok_or_else(|| fail("no schema".into()))?,
-        table: line.table.clone().ok_or_else(|| fail("no table".into()))?,
-        columns: columns(&line.columns)?,
-        key: key_columns(columns(&line.identity)?, &line.pk),
-    }))
+    let new_row = columns(&line.columns)?;
+    let identity = columns(&line.identity)?;
+    let whole = op == Op::Update && is_whole_row(&identity, &line.pk, &new_row);
+    let (key, old_row) = match (primary_key(&identity, &line.pk), whole) {
+        (Some(key), true) => (key, identity),
+        (Some(key), false) => (key, Vec::new()),
+        (None, true) => (identity.clone(), identity),
+        (None, false) => (identity, Vec::new()),
+    };
+    Ok(Event::Change {
+        change: Change {
+            op,
+            schema: line.schema.clone().ok_or_else(|| fail("no schema".into()))?,
+            table: line.table.clone().ok_or_else(|| fail("no table".into()))?,
+            columns: new_row,
+            key,
+        },
+        old_row,
+    })
+}
+
+/// Whether an update's identity is its whole old row (REPLICA IDENTITY FULL):
+/// it holds more than the primary key, and every column of the new row.
+/// Under the default identity it is at most the old key.
+fn is_whole_row(identity: &[Column], pk: &[KeyColumn], new_row: &[Column]) -> bool {
+    let names: HashSet<&str> = identity.iter().map(|c| c.name.as_str()).collect();
+    identity.iter().any(|c| !pk.iter().any(|k| k.name == c.name))
+        && new_row.iter().all(|c| names.contains(c.name.as_str()))
 }
 
 /// With REPLICA IDENTITY FULL, wal2json sends the whole old row as identity;
-/// the row is found by its primary key alone (floats and NULLs never match by equality).
-fn key_columns(identity: Vec<Column>, pk: &[KeyColumn]) -> Vec<Column> {
+/// the row is found by its primary key alone (floats and NULLs never match by
+/// equality). `None` when the identity is the key already or lacks part of it.
+fn primary_key(identity: &[Column], pk: &[KeyColumn]) -> Option<Vec<Column>> {
     if pk.is_empty() {
-        return identity;
+        return None;
     }
     let keyed: Vec<Column> = pk
         .iter()
         .filter_map(|k| identity.iter().find(|c| c.name == k.name).cloned())
         .collect();
-    if keyed.len() == pk.len() { keyed } else { identity }
+    (keyed.len() == pk.len()).then_some(keyed)
 }
+
+/// Completes an update's new row with the columns wal2json left out of it.
+///
+/// wal2json leaves out a TOASTed value that the update did not change, which a
+/// transform could not tell from a column the row lacks. Given the whole old row
+/// (`old_row`, under REPLICA IDENTITY FULL, with TOASTed values inline), each
+/// such value is filled in from it: an unchanged value is the old value, and the
+/// columns take the old row's order. Otherwise each column of `table` (the
+/// replicated table's columns as read at start-up, matched by name, so a
+/// partition's own column order does not matter) that the update left out and
+/// that could be stored out of line is marked [`Value::UnchangedToast`], so the
+/// target keeps its value; the columns take `table`'s order, followed by any
+/// added since it was read.
+///
+/// A column `table` lists that the table no longer has is never invented from a
+/// whole old row, and a fixed-width one is never marked: neither could be a
+/// TOASTed value. Inserts, deletes and truncates are left as they are.
+pub fn complete_update(change: &mut Change, old_row: Vec<Column>, table: &[ColumnDef]) {
+    if change.op != Op::Update {
+        return;
+    }
+    let sent = std::mem::take(&mut change.columns);
+    change.columns = completed(sent, old_row, table);
+}
+
+fn completed(sent: Vec<Column>, old_row: Vec<Column>, table: &[ColumnDef]) -> Vec<Column> {
+    let sent_names: HashSet<&str> = sent.iter().map(|c| c.name.as_str()).collect();
+    let left_out = |name: &str| !sent_names.contains(name);
+    let missing = if old_row.is_empty() {
+        table.iter().any(|c| left_out(&c.name) && toastable(c.type_oid))
+    } else {
+        old_row.iter().any(|c| left_out(&c.name))
+    };
+    if !missing {
+        return sent;
+    }
+    let order: Vec<String> = sent.iter().map(|c| c.name.clone()).collect();
+    let mut new: HashMap<String, Column> = sent.into_iter().map(|c| (c.name.clone(), c)).collect();
+    let mut columns = Vec::with_capacity(order.len().max(table.len()));
+    if old_row.is_empty() {
+        for def in table {
+            if let Some(c) = new.remove(&def.name) {
+                columns.push(c);
+            } else if toastable(def.type_oid) {
+                columns.push(Column {
+                    name: def.name.clone(),
+                    pg_type: def.pg_type.clone(),
+                    value: Value::UnchangedToast,
+                });
+            }
+        }
+    } else {
+        for old in old_row {
+            columns.push(new.remove(&old.name).unwrap_or(old));
+        }
+    }
+    // Columns added since the table was read follow, in wal2json's order.
+    columns.extend(order.iter().filter_map(|name| new.remove(name)));
+    columns
+}
+
+/// Whether a value of this type (by OID) may be stored out of line: every type
+/// but the fixed-width built-ins may, so an unknown OID counts as TOASTable.
+fn toastable(typeoid: u32) -> bool {
+    !FIXED_WIDTH.contains(&typeoid)
+}
+
+/// Fixed-width built-in types (pg_type.dat, `typlen` > 0): never TOASTed.
+const FIXED_WIDTH: &[u32] = &[
+    BOOL,
+    INT2,
+    INT4,
+    INT8,
+    FLOAT4,
+    FLOAT8,
+    DATE,
+    TIME,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    18,   // "char"
+    26,   // oid
+    27,   // tid
+    28,   // xid
+    29,   // cid
+    600,  // point
+    603,  // box
+    628,  // line
+    718,  // circle
+    774,  // macaddr8
+    790,  // money
+    829,  // macaddr
+    1186, // interval
+    1266, // timetz
+    2950, // uuid
+    3220, // pg_lsn
+];
 
 // PostgreSQL type OIDs (pg_type.dat) that get a dedicated value variant.
 const BOOL: u32 = 16;
@@ -251,7 +378,7 @@ mod tests {
             }
         );
         let insert = decode(br#"{"action":"I","xid":731,"lsn":"0/21AF228","schema":"public","table":"itrequests","columns":[{"name":"requestid","type":"integer","typeoid":23,"value":"1"},{"name":"details","type":"character varying(60)","typeoid":1043,"value":"Reset"},{"name":"duedate","type":"date","typeoid":1082,"value":"2026-01-02"},{"name":"fulfilled","type":"boolean","typeoid":16,"value":false},{"name":"b","type":"bytea","typeoid":17,"value":"dead"}],"pk":[{"name":"requestid","type":"integer","typeoid":23}]}"#).expect("insert");
-        let Event::Change(change) = insert else {
+        let Event::Change { change, .. } = insert else {
             panic!("not a change")
         };
         assert_eq!(change.op, Op::Insert);
@@ -267,13 +394,14 @@ mod tests {
             ]
         );
         let full = decode(br#"{"action":"D","schema":"public","table":"acct","identity":[{"name":"id","type":"integer","typeoid":23,"value":1},{"name":"ratio","type":"double precision","typeoid":701,"value":0.1}],"pk":[{"name":"id","type":"integer","typeoid":23}]}"#).expect("full");
-        let Event::Change(full) = full else {
+        let Event::Change { change: full, old_row } = full else {
             panic!("not a change")
         };
+        assert!(old_row.is_empty(), "only an update keeps its old row");
         assert_eq!(full.key.len(), 1, "a FULL identity is narrowed to the primary key");
         assert_eq!(full.key[0].name, "id");
         let delete = decode(br#"{"action":"D","schema":"public","table":"ct","identity":[{"name":"a","type":"integer","typeoid":23,"value":5}]}"#).expect("delete");
-        let Event::Change(change) = delete else {
+        let Event::Change { change, .. } = delete else {
             panic!("not a change")
         };
         assert_eq!(change.key[0].value, Value::Int(5));
@@ -296,5 +424,199 @@ mod tests {
             ]
         );
         assert!(decode(br#"{"action":"X"}"#).is_err());
+    }
+
+    fn def(name: &str, pg_type: &str, type_oid: u32) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            pg_type: pg_type.into(),
+            type_oid,
+            not_null: false,
+        }
+    }
+
+    fn col(name: &str, value: Value) -> Column {
+        Column {
+            name: name.into(),
+            pg_type: "text".into(),
+            value,
+        }
+    }
+
+    fn update(columns: Vec<Column>) -> Change {
+        Change {
+            op: Op::Update,
+            schema: "public".into(),
+            table: "docs".into(),
+            columns,
+            key: vec![col("id", Value::Int(1))],
+        }
+    }
+
+    fn shape(change: &Change) -> Vec<(&str, &Value)> {
+        change.columns.iter().map(|c| (c.name.as_str(), &c.value)).collect()
+    }
+
+    /// `id integer, body text, n integer, note text`.
+    fn docs() -> Vec<ColumnDef> {
+        vec![
+            def("id", "integer", 23),
+            def("body", "text", 25),
+            def("n", "integer", 23),
+            def("note", "text", 25),
+        ]
+    }
+
+    #[test]
+    fn a_column_left_out_of_an_update_is_marked_unchanged() {
+        let mut change = update(vec![
+            col("id", Value::Int(1)),
+            col("n", Value::Int(2)),
+            col("note", Value::Null),
+        ]);
+        complete_update(&mut change, Vec::new(), &docs());
+        assert_eq!(
+            shape(&change),
+            [
+                ("id", &Value::Int(1)),
+                ("body", &Value::UnchangedToast),
+                ("n", &Value::Int(2)),
+                ("note", &Value::Null)
+            ]
+        );
+        assert_eq!(
+            change.columns[1].pg_type, "text",
+            "the marker carries the column's type"
+        );
+    }
+
+    #[test]
+    fn a_whole_old_row_fills_in_what_the_update_left_out() {
+        let old = vec![
+            col("id", Value::Int(1)),
+            col("body", Value::Text("long".into())),
+            col("n", Value::Int(1)),
+            col("note", Value::Null),
+        ];
+        let mut change = update(vec![
+            col("id", Value::Int(1)),
+            col("n", Value::Int(2)),
+            col("note", Value::Null),
+        ]);
+        complete_update(&mut change, old.clone(), &docs());
+        assert_eq!(
+            shape(&change),
+            [
+                ("id", &Value::Int(1)),
+                ("body", &Value::Text("long".into())),
+                ("n", &Value::Int(2)),
+                ("note", &Value::Null)
+            ]
+        );
+        // Without the table's columns (`transform test`), the whole old row still fills it in.
+        let mut offline = update(vec![
+            col("id", Value::Int(1)),
+            col("n", Value::Int(2)),
+            col("note", Value::Null),
+        ]);
+        complete_update(&mut offline, old, &[]);
+        assert_eq!(offline, change);
+    }
+
+    #[test]
+    fn a_complete_update_and_other_operations_are_left_alone() {
+        let full = vec![
+            col("note", Value::Null),
+            col("id", Value::Int(1)),
+            col("n", Value::Int(2)),
+            col("body", Value::Text("b".into())),
+        ];
+        let mut change = update(full.clone());
+        complete_update(&mut change, Vec::new(), &docs());
+        assert_eq!(change.columns, full, "nothing missing: not even reordered");
+        for op in [Op::Insert, Op::Delete] {
+            let mut other = update(vec![col("id", Value::Int(1))]);
+            other.op = op;
+            complete_update(&mut other, Vec::new(), &docs());
+            assert_eq!(other.columns.len(), 1, "{op:?} is not an update");
+        }
+    }
+
+    #[test]
+    fn drift_neither_invents_nor_loses_columns() {
+        // `added` is newer than the column list; `gone` and `count` were dropped since.
+        let table = vec![
+            def("id", "integer", 23),
+            def("gone", "text", 25),
+            def("count", "bigint", 20),
+            def("n", "integer", 23),
+        ];
+        let mut change = update(vec![
+            col("n", Value::Int(2)),
+            col("id", Value::Int(1)),
+            col("added", Value::Int(5)),
+        ]);
+        complete_update(&mut change, Vec::new(), &table);
+        assert_eq!(
+            shape(&change),
+            [
+                ("id", &Value::Int(1)),
+                ("gone", &Value::UnchangedToast),
+                ("n", &Value::Int(2)),
+                ("added", &Value::Int(5))
+            ],
+            "a fixed-width column is never an unchanged TOAST value; a new column is kept"
+        );
+        // A whole old row shows what the table has now: a dropped column is not marked.
+        let old = vec![
+            col("id", Value::Int(1)),
+            col("n", Value::Int(1)),
+            col("added", Value::Int(5)),
+        ];
+        let mut change = update(vec![
+            col("id", Value::Int(1)),
+            col("n", Value::Int(2)),
+            col("added", Value::Int(5)),
+        ]);
+        complete_update(&mut change, old, &table);
+        assert_eq!(
+            shape(&change),
+            [("id", &Value::Int(1)), ("n", &Value::Int(2)), ("added", &Value::Int(5))]
+        );
+    }
+
+    #[test]
+    fn only_a_full_identity_is_a_whole_old_row() {
+        let decoded = |identity: &str| {
+            let line = format!(
+                r#"{{"action":"U","schema":"public","table":"docs","columns":[{{"name":"id","type":"integer","typeoid":23,"value":2}}],"identity":[{identity}],"pk":[{{"name":"id","type":"integer","typeoid":23}}]}}"#
+            );
+            match decode(line.as_bytes()).expect("update") {
+                Event::Change { change, old_row } => (change, old_row),
+                other => panic!("not a change: {other:?}"),
+            }
+        };
+        // The key changed under the default identity: the old key, not a whole row,
+        // even though it holds every column the update sent.
+        let (change, old_row) = decoded(r#"{"name":"id","type":"integer","typeoid":23,"value":1}"#);
+        assert!(old_row.is_empty());
+        assert_eq!(change.key[0].value, Value::Int(1));
+        let (change, old_row) = decoded(
+            r#"{"name":"id","type":"integer","typeoid":23,"value":1},{"name":"body","type":"text","typeoid":25,"value":"long"}"#,
+        );
+        assert_eq!(old_row.len(), 2);
+        assert_eq!(change.key.len(), 1, "the key is narrowed to the primary key");
+    }
+
+    #[test]
+    fn an_update_keeps_its_whole_old_row_and_a_narrowed_key() {
+        let line = br#"{"action":"U","schema":"public","table":"docs","columns":[{"name":"id","type":"integer","typeoid":23,"value":1},{"name":"n","type":"integer","typeoid":23,"value":2}],"identity":[{"name":"id","type":"integer","typeoid":23,"value":1},{"name":"body","type":"text","typeoid":25,"value":"long"},{"name":"n","type":"integer","typeoid":23,"value":1}],"pk":[{"name":"id","type":"integer","typeoid":23}]}"#;
+        let Event::Change { mut change, old_row } = decode(line).expect("update") else {
+            panic!("not a change")
+        };
+        assert_eq!(change.key.len(), 1);
+        assert_eq!(old_row.len(), 3);
+        complete_update(&mut change, old_row, &[]);
+        assert_eq!(change.columns[1].value, Value::Text("long".into()));
     }
 }

@@ -425,7 +425,12 @@ pub fn run_test(
             serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
         let change = if object.contains_key("action") {
             match wal2json::decode(line.as_bytes()) {
-                Ok(Event::Change(change)) => change,
+                // Without the table's column list, only a whole old row (REPLICA
+                // IDENTITY FULL) tells what an update left out.
+                Ok(Event::Change { mut change, old_row }) => {
+                    wal2json::complete_update(&mut change, old_row, &[]);
+                    change
+                }
                 Ok(Event::Begin {
                     xid,
                     commit_lsn,

@@ -10,8 +10,13 @@
 //! - insert: kept if its new row matches, dropped otherwise.
 //! - update whose new row matches: becomes a delete of the old key followed by
 //!   an insert of the new row, so that a row which starts to match through an
-//!   update reaches the target too. If the update leaves a TOASTed column
-//!   unchanged, the full row is not known and the update passes as it is.
+//!   update reaches the target too. If the update carries `unchanged-toast`
+//!   (a TOASTed value it left unchanged, which the source did not send), the
+//!   whole row is not known: a delete would drop the target's value, so the
+//!   update passes as it is and the target keeps it. A row that starts to match
+//!   that way is not in the target, and the apply dead-letters the update with
+//!   the reason. Under REPLICA IDENTITY FULL the host fills such values in from
+//!   the old row, so the rewrite always happens there.
 //! - update whose new row does not match: becomes a delete of the old key, so
 //!   that a row which stops matching leaves the target.
 //! - delete: dropped when its key holds the column and does not match, kept
@@ -313,6 +318,21 @@ mod tests {
             ))
             .expect("toasted");
         assert_eq!(ops(&toasted), [Op::Update]);
+        assert_eq!(toasted[0].key.len(), 1, "the update still names its row");
+        assert!(
+            matches!(toasted[0].columns[1].value, Value::UnchangedToast),
+            "the target keeps the value"
+        );
+        // The tested column itself left unchanged: the verdict cannot change, so the update passes.
+        let p = predicate(&[("column", "notes"), ("op", "not-null")]).expect("p");
+        let unknown = p
+            .filter(change(
+                Op::Update,
+                vec![column("notes", Value::UnchangedToast)],
+                vec![column("id", Value::Int(1))],
+            ))
+            .expect("unknown");
+        assert_eq!(ops(&unknown), [Op::Update]);
     }
 
     #[test]
