@@ -31,3 +31,4 @@ mod snapshot;
 mod standby;
 mod tables;
 mod transient;
+mod types;

@@ -171,14 +171,18 @@ fn typed_value(c: &RawColumn) -> Result<Value, String> {
         raw if raw.starts_with('"') => serde_json::from_str::<String>(raw).map_err(|e| e.to_string())?,
         raw => raw.to_owned(),
     };
-    value_from_text(c.typeoid.unwrap_or_default(), text)
+    value_from_text(c.typeoid.unwrap_or_default(), &c.pg_type, text)
 }
 
-/// Types a value from PostgreSQL's text form (or wal2json's), by type OID.
+/// Types a value from PostgreSQL's text form (or wal2json's), by type OID, and
+/// arrays with a JSON form by their type name (`integer[]`), as JSON arrays.
 ///
 /// NaN and ±Infinity in `real`, `double precision` and `numeric` become NULL:
 /// MariaDB cannot store them, and wal2json already sends them as null.
-pub fn value_from_text(typeoid: u32, text: String) -> Result<Value, String> {
+pub fn value_from_text(typeoid: u32, pg_type: &str, text: String) -> Result<Value, String> {
+    if let Some(element) = crate::catalog::json_array_element(pg_type) {
+        return Ok(Value::Json(super::array::to_json(&text, element)?));
+    }
     Ok(match typeoid {
         BOOL => Value::Bool(matches!(text.as_str(), "true" | "t")),
         INT2 | INT4 | INT8 => Value::Int(text.parse().map_err(|e| format!("'{text}' is not an integer: {e}"))?),
