@@ -385,7 +385,16 @@ async fn infinity_negative_scale_and_wide_char() {
     env.pg_exec(&odd_rows(1)).await;
     env.pg_exec("INSERT INTO ancient VALUES (1, '0044-03-15 BC', NULL), (2, '2024-01-01', '2024-01-01 00:00:00')")
         .await;
-    let pipeline = env.pipeline().tables("public.odd,public.ancient");
+    // Twenty varchar(1000) columns pass MariaDB's row limit as VARCHARs: the widest become LONGTEXT.
+    let roomy: Vec<String> = (0..20).map(|i| format!("c{i} varchar(1000)")).collect();
+    env.pg_exec(&format!(
+        "CREATE TABLE roomy (id integer PRIMARY KEY, {})",
+        roomy.join(", ")
+    ))
+    .await;
+    env.pg_exec("INSERT INTO roomy (id, c0, c19) VALUES (1, repeat('é', 1000), 'last')")
+        .await;
+    let pipeline = env.pipeline().tables("public.odd,public.ancient,public.roomy");
     let mut running = env.start(&pipeline).await;
     env.pg_exec(&odd_rows(11)).await;
     env.pg_exec("UPDATE odd SET d = '-infinity', ts = '2024-01-01', wide = 'changed' WHERE id = 11")
@@ -393,6 +402,16 @@ async fn infinity_negative_scale_and_wide_char() {
     env.pg_exec("DELETE FROM odd WHERE d = '-infinity' AND id = 12").await;
     env.pg_exec("INSERT INTO ancient VALUES (3, '2024-01-02', '0100-01-01 00:00:00 BC')")
         .await;
+    env.pg_exec("INSERT INTO roomy (id, c5, c10) VALUES (2, repeat('x', 1000), repeat('😀', 1000))")
+        .await;
+    env.wait_replicated(
+        &pipeline,
+        &mut running,
+        "SELECT id::text, c0, c5, c10, c19 FROM roomy",
+        "SELECT CAST(id AS CHAR), c0, c5, c10, c19 FROM roomy",
+        secs(60),
+    )
+    .await;
 
     let rows = env
         .wait_replicated(
@@ -441,7 +460,7 @@ async fn infinity_negative_scale_and_wide_char() {
         assert_eq!(letter.table, "public.ancient");
         assert!(letter.reason.contains("before year 1"), "{letter:?}");
     }
-    pipeline.tables("public.odd").assert_verified().await;
+    pipeline.tables("public.odd,public.roomy").assert_verified().await;
     // verify maps infinity as the pipeline does: a changed sentinel is a difference.
     db::my_exec(&my, "UPDATE odd SET d = '9999-12-30' WHERE id = 1").await;
     let (status, report) = pipeline.tables("public.odd").verify().await;

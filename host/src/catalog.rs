@@ -449,6 +449,21 @@ fn chars_type(n: Option<u32>, padded: bool) -> String {
     }
 }
 
+/// MariaDB's limit on the bytes of a row's columns, counting a LONGTEXT or LONGBLOB as a pointer.
+const ROW_BYTES: u32 = 65_000;
+
+/// What a LONGTEXT, LONGBLOB or JSON column counts towards [`ROW_BYTES`].
+const LONGTEXT_ROW_BYTES: u32 = 12;
+
+/// The most bytes a column outside the key counts towards [`ROW_BYTES`].
+fn row_bytes(pg_type: &str) -> u32 {
+    match storage(pg_type) {
+        Storage::Sized(_, bytes) => bytes,
+        Storage::Chars { max: Some(n), padded } if (padded && n <= 255) || n <= VARCHAR_CHARS => 4 * n + 2,
+        _ => LONGTEXT_ROW_BYTES,
+    }
+}
+
 /// The MariaDB column type for a PostgreSQL type, outside a key.
 pub fn mariadb_type(pg_type: &str) -> String {
     match storage(pg_type) {
@@ -552,17 +567,43 @@ fn key_types(def: &TableDef) -> Result<Vec<String>, KeyTooWide> {
 /// `CREATE TABLE IF NOT EXISTS` for the table's MariaDB copy, or why its key cannot be one.
 pub fn create_table_sql(def: &TableDef) -> Result<String, KeyTooWide> {
     let key_types = key_types(def)?;
+    let mut types: Vec<(String, u32)> = def
+        .columns
+        .iter()
+        .map(|c| match def.primary_key.iter().position(|k| k == &c.name) {
+            // All key columns together take at most KEY_BYTES, counted once below.
+            Some(k) => (key_types[k].clone(), 2),
+            None => (mariadb_type(&c.pg_type), row_bytes(&c.pg_type)),
+        })
+        .collect();
+    // MariaDB refuses a table whose VARCHAR and CHAR columns could together exceed
+    // ROW_BYTES; the widest of those outside the key become LONGTEXT until they fit.
+    let mut total = KEY_BYTES + types.iter().map(|(_, b)| b).sum::<u32>();
+    while total > ROW_BYTES {
+        let Some(widest) = (0..types.len())
+            .filter(|&i| types[i].1 > LONGTEXT_ROW_BYTES && !def.primary_key.contains(&def.columns[i].name))
+            .filter(|&i| matches!(storage(&def.columns[i].pg_type), Storage::Chars { .. }))
+            .max_by_key(|&i| types[i].1)
+        else {
+            break;
+        };
+        let padded = matches!(
+            storage(&def.columns[widest].pg_type),
+            Storage::Chars { padded: true, .. }
+        );
+        total -= types[widest].1 - LONGTEXT_ROW_BYTES;
+        types[widest] = (chars_type(None, padded), LONGTEXT_ROW_BYTES);
+    }
     let mut cols: Vec<String> = def
         .columns
         .iter()
-        .map(|c| {
-            let key = def.primary_key.iter().position(|k| k == &c.name);
-            let null = if c.not_null || key.is_some() {
+        .zip(types)
+        .map(|(c, (sql_type, _))| {
+            let null = if c.not_null || def.primary_key.contains(&c.name) {
                 " NOT NULL"
             } else {
                 " NULL"
             };
-            let sql_type = key.map_or_else(|| mariadb_type(&c.pg_type), |k| key_types[k].clone());
             format!("{} {sql_type}{null}", my_ident(&c.name))
         })
         .collect();
@@ -769,6 +810,25 @@ mod tests {
         assert_eq!(exact_collation("character(3)"), Some(CHAR_COLLATION));
         assert_eq!(exact_collation("integer"), None);
         assert_eq!(my_ident("we`ird"), "`we``ird`");
+    }
+
+    #[test]
+    fn wide_text_columns_fit_a_row() {
+        let cols: Vec<(String, &str)> = (0..20)
+            .map(|i| (format!("c{i}"), "character varying(1000)"))
+            .chain([("k".to_owned(), "text"), ("small".to_owned(), "character varying(50)")])
+            .collect();
+        let cols: Vec<(&str, &str)> = cols.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let sql = create_table_sql(&table(&cols, &["k"])).expect("fits");
+        // 20 × 4 002 bytes is too many: the fewest become LONGTEXT, the rest and the key stay.
+        assert_eq!(sql.matches("VARCHAR(1000)").count(), 15, "{sql}");
+        assert_eq!(sql.matches("LONGTEXT").count(), 5, "{sql}");
+        assert!(
+            sql.contains("`small` VARCHAR(50) NULL") && sql.contains("`k` VARCHAR(768) NOT NULL"),
+            "{sql}"
+        );
+        let narrow = create_table_sql(&table(&cols[..10], &[])).expect("fits");
+        assert_eq!(narrow.matches("VARCHAR(1000)").count(), 10, "{narrow}");
     }
 
     #[test]
