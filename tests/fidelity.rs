@@ -173,7 +173,8 @@ fn type_columns() -> Vec<Col> {
         col("j", "$::text", "CAST($ AS CHAR)", Json),
         col("jb", "$::text", "CAST($ AS CHAR)", Json),
         col("u", "$::text", "$", Exact),
-        plain("arr"),
+        // Arrays of scalars land as JSON arrays.
+        col("arr", "to_jsonb($)::text", "CAST($ AS CHAR)", Json),
         plain("m"),
         plain("ip"),
         plain("pos"),
@@ -211,7 +212,7 @@ const TYPE_EXPECTED: &[(i32, &str, Option<&str>)] = &[
     (0, "bin", Some("00ff00fe0a0d5c27")),
     (0, "tstz", Some("2024-03-01 05:00:00.123456")),
     (0, "u", Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")),
-    (0, "arr", Some("{1,NULL,-2147483648,2147483647}")),
+    (0, "arr", Some("[1,null,-2147483648,2147483647]")),
     (0, "m", Some("it's \"complicated\"")),
     (0, "ip", Some("2001:db8::1/64")),
     (1, "i8", Some("-9223372036854775808")),
@@ -224,7 +225,7 @@ const TYPE_EXPECTED: &[(i32, &str, Option<&str>)] = &[
     (1, "tm", Some("00:00:00.000000")),
     (1, "tstz", Some("1969-12-31 10:00:00.000001")),
     (1, "j", Some("null")),
-    (1, "arr", Some("{}")),
+    (1, "arr", Some("[]")),
     (2, "t", None),
     (2, "bin", None),
     (2, "j", None),
@@ -236,7 +237,7 @@ const TYPE_EXPECTED: &[(i32, &str, Option<&str>)] = &[
     (3, "tm", Some("24:00:00.000000")),
     (3, "ts", Some("2024-02-29 12:34:56.500000")),
     (3, "tstz", Some("2024-06-30 21:59:59.999999")),
-    (3, "arr", Some("{{1,2},{3,4}}")),
+    (3, "arr", Some("[[1,2],[3,4]]")),
 ];
 
 /// Rows keyed by the first cell (an integer key).

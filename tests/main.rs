@@ -32,3 +32,4 @@ mod standby;
 mod tables;
 mod toast;
 mod transient;
+mod types;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::assembler::{Assembler, Step};
 use self::sql::{KnownColumns, add_new_columns, apply_changes, statement_bytes};
-use crate::catalog::TableDef;
+use crate::catalog::{KeyTooWide, TableDef, my_ident};
 use crate::change::{Change, Lsn, MESSAGE_FORMAT, Message, OLDEST_MESSAGE_FORMAT, Transaction, TxContext};
 use crate::queue::{Broker, DeadLetter, QueueError};
 use crate::source::PgTarget;
@@ -73,6 +73,12 @@ pub enum ApplyError {
     /// The broker failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A source table's primary key cannot be a MariaDB key.
+    #[error(transparent)]
+    KeyTooWide(#[from] KeyTooWide),
+    /// A target table would find rows by text compared more loosely than in PostgreSQL.
+    #[error("{0}")]
+    LooseCollation(String),
 }
 
 /// Tuning for the apply loop.
@@ -146,10 +152,62 @@ pub async fn prepare(pool: &MySqlPool, defs: &[TableDef]) -> Result<(), ApplyErr
     offsets::create(pool).await?;
     staging::create(pool).await?;
     for def in defs {
-        let sql = crate::catalog::create_table_sql(def);
+        let sql = crate::catalog::create_table_sql(def)?;
         sqlx::query(AssertSqlSafe(sql)).execute(pool).await.map_err(db_error)?;
+        let columns: Vec<TargetColumn> = sqlx::query_as(
+            "SELECT CAST(column_name AS CHAR), CAST(column_type AS CHAR), CAST(collation_name AS CHAR), is_nullable = 'YES' \
+             FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? AND collation_name IS NOT NULL",
+        )
+        .bind(def.name.target())
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+        if let Some(why) = loose_collation(def, &columns) {
+            return Err(ApplyError::LooseCollation(why));
+        }
     }
     Ok(())
+}
+
+/// A text column of a target table: name, type, collation, nullable.
+type TargetColumn = (String, String, String, bool);
+
+/// Why a table that existed before (made by hand or by an older version) would
+/// merge rows PostgreSQL keeps apart, and the statement that fixes it: the
+/// columns that find rows (the key, or every column without one) must compare
+/// text exactly, including trailing spaces, as PostgreSQL does.
+fn loose_collation(def: &TableDef, columns: &[TargetColumn]) -> Option<String> {
+    let mut loose = Vec::new();
+    let mut fixes = Vec::new();
+    for name in def.row_key() {
+        let Some(source) = def.columns.iter().find(|c| c.name == name) else {
+            continue;
+        };
+        let Some(want) = crate::catalog::exact_collation(&source.pg_type) else {
+            continue;
+        };
+        let Some((_, column_type, collation, nullable)) = columns.iter().find(|c| c.0 == name) else {
+            continue;
+        };
+        if collation != want {
+            loose.push(format!("{name} ({collation})"));
+            fixes.push(format!(
+                "MODIFY {} {column_type} CHARACTER SET utf8mb4 COLLATE {want} {}",
+                my_ident(&name),
+                if *nullable { "NULL" } else { "NOT NULL" }
+            ));
+        }
+    }
+    (!loose.is_empty()).then(|| {
+        format!(
+            "MariaDB table {} finds rows by text that its collation compares more loosely than PostgreSQL does \
+             (for example 'a' and 'a ' as equal), so distinct source rows would collide: {}; fix it with: ALTER TABLE {} {}",
+            my_ident(&def.name.target()),
+            loose.join(", "),
+            my_ident(&def.name.target()),
+            fixes.join(", ")
+        )
+    })
 }
 
 /// Writes copied rows in one MariaDB transaction. If MariaDB refuses the batch,
@@ -973,4 +1031,65 @@ async fn apply_staged(
     offsets::write(&mut tx, pipeline, commit_lsn, &transforms.join(",")).await?;
     tx.commit().await?;
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{ColumnDef, TableName};
+
+    fn def(columns: &[(&str, &str)], key: &[&str]) -> TableDef {
+        TableDef {
+            name: TableName::parse("public.codes").expect("valid"),
+            columns: columns
+                .iter()
+                .map(|(name, pg_type)| ColumnDef {
+                    name: (*name).into(),
+                    pg_type: (*pg_type).into(),
+                    type_oid: 0,
+                    not_null: false,
+                })
+                .collect(),
+            primary_key: key.iter().map(|k| (*k).to_string()).collect(),
+            partitions: None,
+        }
+    }
+
+    fn column(name: &str, column_type: &str, collation: &str, nullable: bool) -> TargetColumn {
+        (name.into(), column_type.into(), collation.into(), nullable)
+    }
+
+    #[test]
+    fn padded_key_text_is_refused_with_its_fix() {
+        let keyed = def(
+            &[("code", "text"), ("fixed", "character(2)"), ("label", "text")],
+            &["code", "fixed"],
+        );
+        let exact = [
+            column("code", "varchar(766)", "utf8mb4_nopad_bin", false),
+            column("fixed", "char(2)", "utf8mb4_bin", false),
+            column("label", "longtext", "utf8mb4_bin", true),
+        ];
+        assert_eq!(loose_collation(&keyed, &exact), None, "a non-key column may pad");
+        let old = [
+            column("code", "varchar(766)", "utf8mb4_bin", false),
+            column("fixed", "char(2)", "utf8mb4_general_ci", false),
+        ];
+        let why = loose_collation(&keyed, &old).expect("refused");
+        assert!(why.contains("code (utf8mb4_bin), fixed (utf8mb4_general_ci)"), "{why}");
+        assert!(
+            why.ends_with(
+                "fix it with: ALTER TABLE `codes` MODIFY `code` varchar(766) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL, \
+                 MODIFY `fixed` char(2) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+            ),
+            "{why}"
+        );
+        // Without a primary key, every column finds rows.
+        let keyless = def(&[("a", "integer"), ("b", "character varying(5)")], &[]);
+        let why = loose_collation(&keyless, &[column("b", "varchar(5)", "utf8mb4_bin", true)]).expect("refused");
+        assert!(
+            why.contains("MODIFY `b` varchar(5) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NULL"),
+            "{why}"
+        );
+    }
 }

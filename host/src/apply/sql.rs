@@ -7,7 +7,7 @@ use sqlx::mysql::{MySqlArguments, MySqlPool};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, MySql, Row};
 
-use crate::catalog::{my_ident, target_table};
+use crate::catalog::{DATE_INFINITY, DATETIME_INFINITY, mariadb_datetime, my_ident, target_table};
 use crate::change::{Change, Column, Op, Value};
 
 /// The columns each target table is known to have, read once per table.
@@ -49,7 +49,7 @@ pub(super) async fn add_new_columns<'a>(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {} NULL",
                 my_ident(&table),
                 my_ident(&column.name),
-                crate::catalog::mariadb_type(&column.pg_type, false)
+                crate::catalog::mariadb_type(&column.pg_type)
             );
             sqlx::query(AssertSqlSafe(sql)).execute(pool).await?;
             tracing::warn!(%table, column = %column.name, pg_type = %column.pg_type, "added a column that appeared in the source; rows that existed before hold NULL in it");
@@ -328,11 +328,11 @@ fn bind<'q>(query: MyQuery<'q>, column: &'q Column) -> Result<MyQuery<'q>, sqlx:
         // A real is a single-precision float: as a double, its largest values overflow MariaDB's FLOAT.
         Value::Float(f) if column.pg_type == "real" => query.bind(*f as f32),
         Value::Float(f) => query.bind(*f),
-        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Date(s) | Value::Time(s) | Value::Timestamp(s) => {
-            query.bind(s.as_str())
-        }
+        Value::Numeric(s) | Value::Text(s) | Value::Json(s) | Value::Time(s) => query.bind(s.as_str()),
+        Value::Date(s) => query.bind(datetime(column, s, DATE_INFINITY)?),
+        Value::Timestamp(s) => query.bind(datetime(column, s, DATETIME_INFINITY)?),
         // Captured in UTC; DATETIME has no zone, so the offset is dropped.
-        Value::Timestamptz(s) => query.bind(s.strip_suffix("+00").unwrap_or(s).to_owned()),
+        Value::Timestamptz(s) => query.bind(datetime(column, s.strip_suffix("+00").unwrap_or(s), DATETIME_INFINITY)?),
         Value::Bytes(b) => query.bind(b.as_slice()),
         Value::UnchangedToast => {
             return Err(sqlx::Error::Protocol(format!(
@@ -340,5 +340,16 @@ fn bind<'q>(query: MyQuery<'q>, column: &'q Column) -> Result<MyQuery<'q>, sqlx:
                 column.name
             )));
         }
+    })
+}
+
+/// A date or timestamp as MariaDB takes it: ±infinity as its largest and smallest
+/// value; a date before year 1 is refused, since MariaDB cannot hold one.
+fn datetime<'a>(column: &Column, text: &'a str, infinity: (&'a str, &'a str)) -> Result<&'a str, sqlx::Error> {
+    mariadb_datetime(text, infinity).ok_or_else(|| {
+        sqlx::Error::Protocol(format!(
+            "column {} holds '{text}', a date before year 1, which MariaDB cannot store; change the value in PostgreSQL or drop the column from the transform's output",
+            column.name
+        ))
     })
 }

@@ -204,7 +204,8 @@ impl Failure for Error {
     fn is_permanent(&self) -> bool {
         let queue = |e: &QueueError| matches!(e, QueueError::TooLarge { .. } | QueueError::OldQueue { .. });
         match self {
-            Error::Diverged(_) | Error::Apply(ApplyError::Gap(_)) => true,
+            Error::Diverged(_)
+            | Error::Apply(ApplyError::Gap(_) | ApplyError::KeyTooWide(_) | ApplyError::LooseCollation(_)) => true,
             Error::Source(e) | Error::Capture(CaptureError::Source(e)) => e.is_permanent(),
             Error::Queue(e) | Error::Apply(ApplyError::Queue(e)) | Error::Capture(CaptureError::Queue(e)) => queue(e),
             _ => false,

@@ -1,6 +1,7 @@
 //! The source: PostgreSQL's logical replication slot, read over the streaming
 //! replication protocol and decoded from wal2json format-version 2.
 
+pub mod array;
 pub mod relations;
 pub mod replication;
 pub mod snapshot;

@@ -131,7 +131,7 @@ pub async fn initial_copy(
                 for (i, c) in def.columns.iter().enumerate() {
                     let value = match r.get(i) {
                         None => Value::Null,
-                        Some(text) => value_from_text(c.type_oid, text.to_owned())
+                        Some(text) => value_from_text(c.type_oid, &c.pg_type, text.to_owned())
                             .map_err(|e| SourceError::Query(format!("cannot read {}.{}: {e}", def.name, c.name)))?,
                     };
                     columns.push(Column {

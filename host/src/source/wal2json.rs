@@ -300,7 +300,7 @@ fn typed_value(c: &RawColumn) -> Result<Value, String> {
     };
     // Without include-type-oids (pg_recvlogical's default), type by the printed name.
     let typeoid = c.typeoid.unwrap_or_else(|| oid_of_type_name(&c.pg_type));
-    value_from_text(typeoid, text)
+    value_from_text(typeoid, &c.pg_type, text)
 }
 
 /// The OID of a type wal2json printed by name, for the types that get a
@@ -333,11 +333,15 @@ fn oid_of_type_name(name: &str) -> u32 {
     }
 }
 
-/// Types a value from PostgreSQL's text form (or wal2json's), by type OID.
+/// Types a value from PostgreSQL's text form (or wal2json's), by type OID, and
+/// arrays with a JSON form by their type name (`integer[]`), as JSON arrays.
 ///
 /// NaN and ±Infinity in `real`, `double precision` and `numeric` become NULL:
 /// MariaDB cannot store them, and wal2json already sends them as null.
-pub fn value_from_text(typeoid: u32, text: String) -> Result<Value, String> {
+pub fn value_from_text(typeoid: u32, pg_type: &str, text: String) -> Result<Value, String> {
+    if let Some(element) = crate::catalog::json_array_element(pg_type) {
+        return Ok(Value::Json(super::array::to_json(&text, element)?));
+    }
     Ok(match typeoid {
         BOOL => Value::Bool(matches!(text.as_str(), "true" | "t")),
         INT2 | INT4 | INT8 => Value::Int(text.parse().map_err(|e| format!("'{text}' is not an integer: {e}"))?),
