@@ -413,7 +413,7 @@ mod tests {
         assert!(decode(b"{not json").is_err());
         // pg_recvlogical's default output has no type OIDs: values are typed by name.
         let plain = decode(br#"{"action":"I","schema":"public","table":"t","columns":[{"name":"a","type":"integer","value":5},{"name":"b","type":"numeric(10,2)","value":1.50},{"name":"c","type":"timestamp(3) without time zone","value":"2026-01-02 03:04:05.678"},{"name":"d","type":"boolean","value":true},{"name":"e","type":"text","value":"5"}]}"#).expect("plain");
-        let Event::Change(plain) = plain else {
+        let Event::Change { change: plain, .. } = plain else {
             panic!("not a change")
         };
         let values: Vec<_> = plain.columns.iter().map(|c| c.value.clone()).collect();
