@@ -24,6 +24,7 @@ mod partitions;
 mod privileges;
 mod refused_publish;
 mod restart;
+mod routing;
 mod sandbox;
 mod seed;
 mod shutdown;

@@ -79,6 +79,9 @@ pub enum ApplyError {
     /// A target table would find rows by text compared more loosely than in PostgreSQL.
     #[error("{0}")]
     LooseCollation(String),
+    /// A transform routes changes to a table that cannot be created; never retried.
+    #[error("{0}")]
+    NoTarget(String),
 }
 
 /// Tuning for the apply loop.
@@ -221,6 +224,11 @@ pub async fn write_rows(
     rows: &[Change],
 ) -> Result<(), ApplyError> {
     let max_bytes = statement_bytes(pool).await;
+    // A transform may route copied rows to a table that does not exist yet, or add columns.
+    let mut known = KnownColumns::default();
+    add_new_columns(pool, &mut known, rows.iter())
+        .await
+        .map_err(|e| ApplyError::from(Refused::Data(e)))?;
     let write = async |rows: &[Change]| -> Result<(), sqlx::Error> {
         let mut tx = pool.begin().await?;
         apply_changes(&mut tx, rows, max_bytes).await?;
@@ -314,6 +322,9 @@ impl From<Refused> for ApplyError {
     fn from(r: Refused) -> Self {
         match r {
             Refused::Stopped => ApplyError::Stopped,
+            Refused::Data(sqlx::Error::Configuration(e)) if e.is::<sql::NoTarget>() => {
+                ApplyError::NoTarget(e.to_string())
+            }
             Refused::Data(e) => db_error(e),
         }
     }

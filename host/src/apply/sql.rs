@@ -37,8 +37,11 @@ pub(super) async fn add_new_columns<'a>(
             known.insert(table.clone(), columns);
         }
         let Some(columns) = known.get_mut(&table) else { continue };
-        // A table that does not exist has no columns; the write then fails and is dead-lettered with the reason.
+        // A table that does not exist has no columns: a transform routed the change
+        // to a new table, which is made from the change's typed columns.
         if columns.is_empty() {
+            create_target(pool, change).await?;
+            columns.extend(change.columns.iter().map(|c| c.name.clone()));
             continue;
         }
         for column in &change.columns {
@@ -57,6 +60,68 @@ pub(super) async fn add_new_columns<'a>(
         }
     }
     Ok(())
+}
+
+/// A target table that a transform's output needs and that cannot be made;
+/// retrying or dead-lettering each change would not help.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a transform sent changes to the MariaDB table {table}, which does not exist and cannot be created ({reason}); create it by hand, or change the transform's output"
+)]
+pub struct NoTarget {
+    /// The MariaDB table.
+    pub table: String,
+    /// Why it cannot be created.
+    pub reason: String,
+}
+
+/// Creates the target of a change routed to a table that does not exist: every
+/// column carries its PostgreSQL type, and the change's key (an insert's key is
+/// its new row's primary key, when the source table has one) becomes the
+/// primary key.
+async fn create_target(pool: &MySqlPool, change: &Change) -> Result<(), sqlx::Error> {
+    let table = target_table(&change.schema, &change.table);
+    let keyed = change
+        .key
+        .iter()
+        .all(|k| change.columns.iter().any(|c| c.name == k.name));
+    let def = crate::catalog::TableDef {
+        name: crate::catalog::TableName {
+            schema: change.schema.clone(),
+            name: change.table.clone(),
+        },
+        columns: change
+            .columns
+            .iter()
+            .map(|c| crate::catalog::ColumnDef {
+                name: c.name.clone(),
+                pg_type: c.pg_type.clone(),
+                type_oid: 0,
+                not_null: false,
+            })
+            .collect(),
+        primary_key: if keyed {
+            change.key.iter().map(|k| k.name.clone()).collect()
+        } else {
+            Vec::new()
+        },
+        partitions: None,
+    };
+    let refuse = |reason: String| {
+        sqlx::Error::Configuration(Box::new(NoTarget {
+            table: table.clone(),
+            reason,
+        }))
+    };
+    let sql = crate::catalog::create_table_sql(&def).map_err(|e| refuse(e.to_string()))?;
+    match sqlx::query(AssertSqlSafe(sql)).execute(pool).await {
+        Ok(_) => {
+            tracing::info!(%table, key = ?def.primary_key, "created the target of a routed change from its typed columns");
+            Ok(())
+        }
+        Err(e) if super::is_transient(&e) => Err(e),
+        Err(e) => Err(refuse(e.to_string())),
+    }
 }
 
 /// Most rows one multi-row INSERT carries; MariaDB also caps a statement at 65 535 parameters.

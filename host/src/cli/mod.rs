@@ -205,7 +205,13 @@ impl Failure for Error {
         let queue = |e: &QueueError| matches!(e, QueueError::TooLarge { .. } | QueueError::OldQueue { .. });
         match self {
             Error::Diverged(_)
-            | Error::Apply(ApplyError::Gap(_) | ApplyError::KeyTooWide(_) | ApplyError::LooseCollation(_)) => true,
+            | Error::Apply(
+                ApplyError::Gap(_)
+                | ApplyError::KeyTooWide(_)
+                | ApplyError::LooseCollation(_)
+                | ApplyError::NoTarget(_),
+            ) => true,
+            Error::Snapshot(crate::source::snapshot::SnapshotError::Apply(ApplyError::NoTarget(_))) => true,
             Error::Source(e) | Error::Capture(CaptureError::Source(e)) => e.is_permanent(),
             Error::Queue(e) | Error::Apply(ApplyError::Queue(e)) | Error::Capture(CaptureError::Queue(e)) => queue(e),
             _ => false,

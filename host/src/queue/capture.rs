@@ -311,6 +311,11 @@ impl Capture<'_> {
                 wal2json::complete_update(&mut change, old_row, &def.columns);
                 let partitioned = def.partitions.is_some();
                 let table = def.name.clone();
+                let primary_key = if self.chain.is_empty() {
+                    Vec::new()
+                } else {
+                    def.primary_key.clone()
+                };
                 match relation {
                     Some(relation) if partitioned && relation == table => self.truncating = Some(table),
                     // A partition's own truncate after its table's: already emptied.
@@ -331,6 +336,7 @@ impl Capture<'_> {
                     &mut self.chain,
                     self.broker,
                     change,
+                    &primary_key,
                     context,
                     &mut changes,
                 )
@@ -406,17 +412,27 @@ impl Capture<'_> {
 
 /// Runs one change through the chain into `out`; a change the chain refuses is
 /// dead-lettered, untransformed, with the reason.
+///
+/// A transform sees an insert's key too: the new row's `primary_key` columns,
+/// so that a change it routes to a new table names the key that table needs.
 pub(crate) async fn transform_change(
     pipeline: &str,
     chain: &mut TransformChain,
     broker: &Broker,
-    change: Change,
+    mut change: Change,
+    primary_key: &[String],
     context: &TxContext,
     out: &mut Vec<Change>,
 ) -> Result<(), QueueError> {
     if chain.is_empty() {
         out.push(change);
         return Ok(());
+    }
+    if change.op == Op::Insert && change.key.is_empty() {
+        change.key = primary_key
+            .iter()
+            .filter_map(|k| change.columns.iter().find(|c| &c.name == k).cloned())
+            .collect();
     }
     let table = change.qualified_table();
     match guest_code(|| chain.apply(change.clone(), context)) {

@@ -333,17 +333,22 @@ impl Relations {
         };
         let through = current_wal_lsn(pg).await?;
         let sql = format!(
-            "SELECT n.nspname::text, c.relname::text, {LEAF_FACTS}, an.nspname::text, ac.relname::text \
+            "SELECT n.nspname::text, c.relname::text, {LEAF_FACTS}, an.nspname::text, ac.relname::text, c.relkind::text \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             CROSS JOIN LATERAL pg_partition_ancestors(c.oid) a(relid) \
-             JOIN pg_class ac ON ac.oid = a.relid JOIN pg_namespace an ON an.oid = ac.relnamespace \
-             WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind = 'r' AND a.relid <> c.oid"
+             LEFT JOIN LATERAL (SELECT p.relid FROM pg_partition_ancestors(c.oid) p(relid) \
+                                WHERE p.relid <> c.oid) a ON true \
+             LEFT JOIN pg_class ac ON ac.oid = a.relid LEFT JOIN pg_namespace an ON an.oid = ac.relnamespace \
+             WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind IN ('r', 'p')"
         );
         let rows = timed(pg.query(&sql, &[&self.slot, &relation.schema, &relation.name])).await?;
+        if rows.is_empty() {
+            // wal2json prints the name a relation had when the change was written.
+            tracing::warn!(relation = %relation, "changes of a relation that no longer exists under this name are not replicated; if it was a partition of a replicated table, renamed or dropped while the capture was behind, its changes under this name are missing from the target");
+        }
         let found = rows.iter().find_map(|r| {
             let ancestor = TableName {
-                schema: r.get(7),
-                name: r.get(8),
+                schema: r.get::<_, Option<String>>(7)?,
+                name: r.get::<_, Option<String>>(8)?,
             };
             self.defs
                 .iter()
@@ -354,6 +359,11 @@ impl Relations {
             self.remember(&relation, Known::Unrelated(through));
             return Ok(None);
         };
+        // A partitioned table inside the tree has no rows of its own: it shows up
+        // only in a TRUNCATE of its branch, and is never a leaf to remember.
+        if row.get::<_, String>(9) == "p" {
+            return Ok(Some(i));
+        }
         let leaf = Leaf::from_row(row);
         self.judge(&leaf, &self.defs[i].name)?;
         tracing::info!(partition = %leaf.name, table = %self.defs[i].name, "a new partition: its changes are replicated into its partitioned table");

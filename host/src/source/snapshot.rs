@@ -147,7 +147,7 @@ pub async fn initial_copy(
                     columns,
                     key: Vec::new(),
                 };
-                transform_change(pipeline, chain, broker, change, &context, &mut rows).await?;
+                transform_change(pipeline, chain, broker, change, &def.primary_key, &context, &mut rows).await?;
             }
             if rows.is_empty() && copied as i64 >= total {
                 break;
