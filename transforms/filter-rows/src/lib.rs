@@ -31,35 +31,21 @@
 //! column is rejected (and dead-lettered), since the predicate cannot be
 //! decided: scope the module to the tables that have the column.
 
-// The generated bindings flatten a change into many core-wasm parameters.
-#![allow(clippy::too_many_arguments)]
-
-wit_bindgen::generate!({ path: "../../wit", world: "transformer" });
-
 use std::cmp::Ordering;
-use std::sync::OnceLock;
 
-use wasmcdc::transform::types::{Column, Op, Value};
+use wasmcdc_guest::{Change, Column, Config, Op, Transform, TxContext, Value};
 
-struct FilterRows;
-
-/// The predicate `init` accepted; `transform` runs only after it.
-static PREDICATE: OnceLock<Predicate> = OnceLock::new();
-
-impl Guest for FilterRows {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        let predicate = Predicate::parse(&config)?;
-        // An instance is initialised once; a second call keeps the first configuration.
-        let _ = PREDICATE.set(predicate);
-        Ok(())
+impl Transform for Predicate {
+    fn init(config: Config) -> Result<Self, String> {
+        Predicate::parse(&config)
     }
 
-    fn transform(change: Change, _ctx: TxContext) -> Result<Vec<Change>, String> {
-        PREDICATE.get().ok_or("filter-rows was not initialised")?.filter(change)
+    fn transform(&self, change: Change, _ctx: &TxContext) -> Result<Vec<Change>, String> {
+        self.filter(change)
     }
 }
 
-export!(FilterRows);
+wasmcdc_guest::export!(Predicate);
 
 /// A comparison with the configured value.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,26 +77,15 @@ enum Verdict {
 
 impl Predicate {
     /// Reads `column`, `op` and `value`; anything else is refused.
-    fn parse(config: &[(String, String)]) -> Result<Self, String> {
-        let (mut column, mut op, mut value) = (None, None, None);
-        for (key, text) in config {
-            let slot = match key.as_str() {
-                "column" => &mut column,
-                "op" => &mut op,
-                "value" => &mut value,
-                other => {
-                    return Err(format!(
-                        "unknown setting '{other}'; filter-rows takes column, op and value"
-                    ));
-                }
-            };
-            *slot = Some(text.clone());
-        }
+    fn parse(config: &Config) -> Result<Self, String> {
+        config.only(&["column", "op", "value"])?;
+        let (column, op, value) = (config.get("column"), config.get("op"), config.get("value"));
         let column = column
             .filter(|c| !c.is_empty())
-            .ok_or("set column to the column to test, for example column=fulfilled")?;
+            .ok_or("set column to the column to test, for example column=fulfilled")?
+            .to_owned();
         let op = op.ok_or("set op to eq, ne, lt, gt, is-null or not-null")?;
-        let test = match op.as_str() {
+        let test = match op {
             "eq" => Test::Eq,
             "ne" => Test::Ne,
             "lt" => Test::Lt,
@@ -126,7 +101,7 @@ impl Predicate {
             (Test::IsNull | Test::NotNull, Some(_)) => {
                 return Err(format!("op {op} takes no value; remove the value setting"));
             }
-            (_, Some(value)) => value,
+            (_, Some(value)) => value.to_owned(),
             (_, None) => return Err(format!("op {op} needs a value; set value=TEXT")),
         };
         Ok(Self { column, test, value })
@@ -143,11 +118,9 @@ impl Predicate {
             },
             Op::Update => {
                 let verdict = self.verdict(&change.columns)?;
-                let toasted = change.columns.iter().any(|c| matches!(c.value, Value::UnchangedToast));
+                let toasted = change.has_unchanged_toast();
                 match verdict {
-                    Verdict::Unknown if !change.columns.iter().any(|c| c.name == self.column) => {
-                        Err(self.missing(&change))
-                    }
+                    Verdict::Unknown if change.column(&self.column).is_none() => Err(self.missing(&change)),
                     Verdict::Unknown => Ok(vec![change]),
                     Verdict::Match if toasted => Ok(vec![change]),
                     Verdict::Match => {
@@ -256,16 +229,11 @@ mod tests {
     use super::*;
 
     fn predicate(pairs: &[(&str, &str)]) -> Result<Predicate, String> {
-        let config: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Predicate::parse(&config)
+        Predicate::parse(&pairs.iter().copied().collect())
     }
 
     fn column(name: &str, value: Value) -> Column {
-        Column {
-            name: name.into(),
-            pg_type: "integer".into(),
-            value,
-        }
+        Column::new(name, "integer", value)
     }
 
     fn change(op: Op, columns: Vec<Column>, key: Vec<Column>) -> Change {

@@ -1,65 +1,43 @@
 //! The identity transform: every change passes through unchanged, exactly as
 //! with no transform at all.
 
-// The generated bindings flatten a change into many core-wasm parameters.
-#![allow(clippy::too_many_arguments)]
-
-wit_bindgen::generate!({ path: "../../wit", world: "transformer" });
+use wasmcdc_guest::{Change, Config, Transform, TxContext};
 
 struct Identity;
 
-impl Guest for Identity {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        configure(&config)
+impl Transform for Identity {
+    /// Accepts any configuration: identity has nothing to configure.
+    fn init(_config: Config) -> Result<Self, String> {
+        Ok(Identity)
     }
 
-    fn transform(change: Change, _ctx: TxContext) -> Result<Vec<Change>, String> {
-        Ok(pass(change))
+    fn transform(&self, change: Change, _ctx: &TxContext) -> Result<Vec<Change>, String> {
+        Ok(vec![change])
     }
 }
 
-export!(Identity);
-
-/// Accepts any configuration: identity has nothing to configure.
-fn configure(_config: &[(String, String)]) -> Result<(), String> {
-    Ok(())
-}
-
-/// Returns the change as the only result.
-fn pass(change: Change) -> Vec<Change> {
-    vec![change]
-}
+wasmcdc_guest::export!(Identity);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmcdc::transform::types::{Column, Op, Value};
+    use wasmcdc_guest::{Column, Value};
 
     #[test]
     fn passes_the_change_through() {
-        let change = Change {
-            op: Op::Update,
-            schema: "public".into(),
-            table: "itrequests".into(),
-            columns: vec![Column {
-                name: "fulfilled".into(),
-                pg_type: "boolean".into(),
-                value: Value::Bool(true),
-            }],
-            key: vec![Column {
-                name: "requestid".into(),
-                pg_type: "integer".into(),
-                value: Value::Int(2),
-            }],
-        };
-        let out = pass(change.clone());
-        assert_eq!(out.len(), 1);
-        assert_eq!(format!("{:?}", out[0]), format!("{change:?}"));
+        let change = Change::update(
+            "public",
+            "itrequests",
+            vec![Column::new("fulfilled", "boolean", Value::Bool(true))],
+            vec![Column::new("requestid", "integer", Value::Int(2))],
+        );
+        let out = Identity.transform(change.clone(), &TxContext::default());
+        assert_eq!(out, Ok(vec![change]));
     }
 
     #[test]
     fn accepts_any_configuration() {
-        assert!(configure(&[]).is_ok());
-        assert!(configure(&[("anything".into(), "at all".into())]).is_ok());
+        assert!(Identity::init(Config::default()).is_ok());
+        assert!(Identity::init([("anything", "at all")].into_iter().collect()).is_ok());
     }
 }

@@ -11,37 +11,21 @@
 //! target finds the row to update or delete. Masking a primary-key column
 //! through `columns` makes later updates and deletes of that row unmatchable.
 
-// The generated bindings flatten a change into many core-wasm parameters.
-#![allow(clippy::too_many_arguments)]
-
-wit_bindgen::generate!({ path: "../../wit", world: "transformer" });
-
-use std::sync::OnceLock;
-
 use sha2::{Digest, Sha256};
 
-use wasmcdc::transform::types::Value;
+use wasmcdc_guest::{Change, Config, Transform, TxContext, Value};
 
-struct MaskColumns;
-
-/// The configuration `init` accepted; `transform` runs only after it.
-static MASK: OnceLock<Mask> = OnceLock::new();
-
-impl Guest for MaskColumns {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        let mask = Mask::parse(&config)?;
-        // An instance is initialised once; a second call keeps the first configuration.
-        let _ = MASK.set(mask);
-        Ok(())
+impl Transform for Mask {
+    fn init(config: Config) -> Result<Self, String> {
+        Mask::parse(&config)
     }
 
-    fn transform(change: Change, _ctx: TxContext) -> Result<Vec<Change>, String> {
-        let mask = MASK.get().ok_or("mask-columns was not initialised")?;
-        Ok(vec![mask.apply(change)])
+    fn transform(&self, change: Change, _ctx: &TxContext) -> Result<Vec<Change>, String> {
+        Ok(vec![self.apply(change)])
     }
 }
 
-export!(MaskColumns);
+wasmcdc_guest::export!(Mask);
 
 /// How a masked value is replaced.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,33 +45,14 @@ struct Mask {
 
 impl Mask {
     /// Reads `columns`, `mode` and `length`; anything else is refused.
-    fn parse(config: &[(String, String)]) -> Result<Self, String> {
-        let mut columns = None;
-        let mut mode = "hash";
-        let mut length = None;
-        for (key, value) in config {
-            match key.as_str() {
-                "columns" => {
-                    let names: Vec<String> = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                    columns = Some(names);
-                }
-                "mode" => mode = value.as_str(),
-                "length" => length = Some(value.as_str()),
-                other => {
-                    return Err(format!(
-                        "unknown setting '{other}'; mask-columns takes columns, mode and length"
-                    ));
-                }
-            }
-        }
-        let columns = columns
+    fn parse(config: &Config) -> Result<Self, String> {
+        config.only(&["columns", "mode", "length"])?;
+        let columns = config
+            .list("columns")
             .filter(|c| !c.is_empty())
             .ok_or("set columns to the comma-separated columns to mask, for example columns=details")?;
+        let mode = config.get("mode").unwrap_or("hash");
+        let length = config.get("length");
         let mode = match (mode, length) {
             ("hash", None) => Mode::Hash { length: 64 },
             ("hash", Some(text)) => match text.parse::<usize>() {
@@ -154,28 +119,26 @@ fn bytes_of(value: &Value) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmcdc::transform::types::{Column, Op};
+    use wasmcdc_guest::Column;
 
-    fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        Config::named(
+            "mask-columns",
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        )
     }
 
     fn column(name: &str, value: Value) -> Column {
-        Column {
-            name: name.into(),
-            pg_type: "text".into(),
-            value,
-        }
+        Column::new(name, "text", value)
     }
 
     fn update(columns: Vec<Column>) -> Change {
-        Change {
-            op: Op::Update,
-            schema: "public".into(),
-            table: "itrequests".into(),
+        Change::update(
+            "public",
+            "itrequests",
             columns,
-            key: vec![column("details", Value::Text("key stays".into()))],
-        }
+            vec![column("details", Value::Text("key stays".into()))],
+        )
     }
 
     fn text(value: &Value) -> &str {

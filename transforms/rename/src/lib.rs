@@ -10,34 +10,21 @@
 //! source table, so a renamed table or column must exist in the target under
 //! its new name.
 
-// The generated bindings flatten a change into many core-wasm parameters.
-#![allow(clippy::too_many_arguments)]
-
-wit_bindgen::generate!({ path: "../../wit", world: "transformer" });
-
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
-struct Rename;
+use wasmcdc_guest::{Change, Config, Transform, TxContext};
 
-/// The renames `init` accepted; `transform` runs only after it.
-static RENAMES: OnceLock<Renames> = OnceLock::new();
-
-impl Guest for Rename {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        let renames = Renames::parse(&config)?;
-        // An instance is initialised once; a second call keeps the first configuration.
-        let _ = RENAMES.set(renames);
-        Ok(())
+impl Transform for Renames {
+    fn init(config: Config) -> Result<Self, String> {
+        Renames::parse(&config)
     }
 
-    fn transform(change: Change, _ctx: TxContext) -> Result<Vec<Change>, String> {
-        let renames = RENAMES.get().ok_or("rename was not initialised")?;
-        Ok(vec![renames.apply(change)])
+    fn transform(&self, change: Change, _ctx: &TxContext) -> Result<Vec<Change>, String> {
+        Ok(vec![self.apply(change)])
     }
 }
 
-export!(Rename);
+wasmcdc_guest::export!(Renames);
 
 /// New names for the table, its schema and its columns.
 #[derive(Debug, Default, PartialEq)]
@@ -49,18 +36,18 @@ struct Renames {
 
 impl Renames {
     /// Reads `schema`, `table` and `column.OLD`; anything else is refused.
-    fn parse(config: &[(String, String)]) -> Result<Self, String> {
+    fn parse(config: &Config) -> Result<Self, String> {
         let mut renames = Self::default();
-        for (key, value) in config {
+        for (key, value) in config.iter() {
             if value.is_empty() {
                 return Err(format!("{key} is empty; give the new name"));
             }
-            match key.as_str() {
-                "schema" => renames.schema = Some(value.clone()),
-                "table" => renames.table = Some(value.clone()),
+            match key {
+                "schema" => renames.schema = Some(value.to_owned()),
+                "table" => renames.table = Some(value.to_owned()),
                 _ => match key.strip_prefix("column.") {
                     Some(old) if !old.is_empty() => {
-                        renames.columns.insert(old.to_owned(), value.clone());
+                        renames.columns.insert(old.to_owned(), value.to_owned());
                     }
                     _ => {
                         return Err(format!(
@@ -84,6 +71,8 @@ impl Renames {
         if let Some(table) = &self.table {
             change.table.clone_from(table);
         }
+        // Each column is looked up by its source name once, so that renames
+        // apply together: `column.a=b` with `column.b=a` swaps the two.
         for column in change.columns.iter_mut().chain(change.key.iter_mut()) {
             if let Some(new) = self.columns.get(&column.name) {
                 column.name.clone_from(new);
@@ -96,31 +85,25 @@ impl Renames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmcdc::transform::types::{Column, Op, Value};
+    use wasmcdc_guest::{Column, Value};
 
     fn renames(pairs: &[(&str, &str)]) -> Result<Renames, String> {
-        let config: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Renames::parse(&config)
+        Renames::parse(&pairs.iter().copied().collect())
     }
 
     fn column(name: &str) -> Column {
-        Column {
-            name: name.into(),
-            pg_type: "integer".into(),
-            value: Value::Int(1),
-        }
+        Column::new(name, "integer", Value::Int(1))
     }
 
     #[test]
     fn renames_table_schema_and_columns_in_values_and_key() {
         let r = renames(&[("table", "requests"), ("schema", "archive"), ("column.requestid", "id")]).expect("config");
-        let out = r.apply(Change {
-            op: Op::Update,
-            schema: "public".into(),
-            table: "itrequests".into(),
-            columns: vec![column("requestid"), column("details")],
-            key: vec![column("requestid")],
-        });
+        let out = r.apply(Change::update(
+            "public",
+            "itrequests",
+            vec![column("requestid"), column("details")],
+            vec![column("requestid")],
+        ));
         assert_eq!((out.schema.as_str(), out.table.as_str()), ("archive", "requests"));
         let names: Vec<_> = out.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["id", "details"]);
@@ -130,15 +113,17 @@ mod tests {
     #[test]
     fn leaves_what_is_not_configured() {
         let r = renames(&[("column.a", "b")]).expect("config");
-        let out = r.apply(Change {
-            op: Op::Insert,
-            schema: "public".into(),
-            table: "t".into(),
-            columns: vec![column("c")],
-            key: vec![],
-        });
+        let out = r.apply(Change::insert("public", "t", vec![column("c")]));
         assert_eq!((out.schema.as_str(), out.table.as_str()), ("public", "t"));
         assert_eq!(out.columns[0].name, "c");
+    }
+
+    #[test]
+    fn renames_apply_together() {
+        let r = renames(&[("column.a", "b"), ("column.b", "c")]).expect("config");
+        let out = r.apply(Change::insert("public", "t", vec![column("a"), column("b")]));
+        let names: Vec<_> = out.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
     }
 
     #[test]
