@@ -6,9 +6,9 @@
 //! - `column.OLD=NEW`: renames column OLD to NEW, in the new values and in the
 //!   key alike; repeat it for more columns.
 //!
-//! At least one setting is required. The target table is created from the
-//! source table, so a renamed table or column must exist in the target under
-//! its new name.
+//! At least one setting is required. A table the renamed changes land in is
+//! created by the apply from their typed columns, keyed by their key; a renamed
+//! column is added to an existing table.
 
 use std::collections::BTreeMap;
 
