@@ -467,3 +467,32 @@ async fn infinity_negative_scale_and_wide_char() {
     assert!(!status.success() && report.contains("id=1"), "{report}");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_table_with_json_and_arrays_replicates() {
+    let env = Env::new("keylessjson").await;
+    env.pg_exec(
+        "CREATE TABLE events (kind text, body jsonb, tags int[]);
+         ALTER TABLE events REPLICA IDENTITY FULL;
+         INSERT INTO events VALUES ('copied', '{\"a\": 1}', '{1,2}');",
+    )
+    .await;
+    let pipeline = env.pipeline().tables("public.events");
+    let mut running = env.start(&pipeline).await;
+    env.pg_exec(
+        "INSERT INTO events VALUES ('streamed', '{\"b\": [true, null]}', '{3,NULL}'), ('gone', 'null', '{}');
+         UPDATE events SET tags = '{9}' WHERE kind = 'copied';
+         DELETE FROM events WHERE kind = 'gone';",
+    )
+    .await;
+    env.wait_replicated(
+        &pipeline,
+        &mut running,
+        "SELECT kind, replace(body::text, ' ', ''), array_to_json(tags)::text FROM events",
+        "SELECT kind, CAST(JSON_COMPACT(body) AS CHAR), CAST(JSON_COMPACT(tags) AS CHAR) FROM events",
+        secs(60),
+    )
+    .await;
+    pipeline.assert_verified().await;
+    running.stop().await;
+}

@@ -170,6 +170,8 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
     /// Primary-key column names in key order; empty when there is none.
     pub primary_key: Vec<String>,
+    /// REPLICA IDENTITY FULL: an update carries the whole old row.
+    pub full_identity: bool,
     /// For a partitioned table, its leaf partitions as read at start-up, whose
     /// names wal2json prints on the changes; `None` for a plain table.
     pub partitions: Option<Vec<TableName>>,
@@ -240,6 +242,7 @@ pub async fn describe(pg: &Client, table: &TableName) -> Result<TableDef, Source
         None
     };
     Ok(TableDef {
+        full_identity: identity == "f",
         name: table.clone(),
         columns,
         primary_key,
@@ -848,6 +851,7 @@ mod tests {
 
     fn table(columns: &[(&str, &str)], key: &[&str]) -> TableDef {
         TableDef {
+            full_identity: false,
             name: TableName::parse("t").expect("valid"),
             columns: columns
                 .iter()
@@ -920,6 +924,7 @@ mod tests {
     #[test]
     fn creates_seed_table() {
         let def = TableDef {
+            full_identity: false,
             name: TableName::parse("itrequests").expect("valid"),
             columns: vec![
                 ColumnDef {

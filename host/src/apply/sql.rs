@@ -85,7 +85,14 @@ async fn create_target(pool: &MySqlPool, change: &Change) -> Result<(), sqlx::Er
         .key
         .iter()
         .all(|k| change.columns.iter().any(|c| c.name == k.name));
+    if !keyed {
+        return Err(sqlx::Error::Configuration(Box::new(NoTarget {
+            table,
+            reason: "its key names columns that its new values do not carry, so rows could not be found by it".into(),
+        })));
+    }
     let def = crate::catalog::TableDef {
+        full_identity: false,
         name: crate::catalog::TableName {
             schema: change.schema.clone(),
             name: change.table.clone(),
@@ -100,11 +107,7 @@ async fn create_target(pool: &MySqlPool, change: &Change) -> Result<(), sqlx::Er
                 not_null: false,
             })
             .collect(),
-        primary_key: if keyed {
-            change.key.iter().map(|k| k.name.clone()).collect()
-        } else {
-            Vec::new()
-        },
+        primary_key: change.key.iter().map(|k| k.name.clone()).collect(),
         partitions: None,
     };
     let refuse = |reason: String| {

@@ -150,15 +150,19 @@ pub async fn run(
     let mut reported = start;
     let mut reported_at = Instant::now();
 
+    let mut tracker_joined = false;
     let outcome: Result<(), CaptureError> = async {
         loop {
             let linger_at = capture.batcher.linger_deadline();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                joined = &mut tracker => return Err(tracker_result(joined).err().unwrap_or_else(|| {
-                    QueueError::NotConfirmed("the confirm tracker stopped".into())
-                }).into()),
+                joined = &mut tracker => {
+                    tracker_joined = true;
+                    return Err(tracker_result(joined).err().unwrap_or_else(|| {
+                        QueueError::NotConfirmed("the confirm tracker stopped".into())
+                    }).into());
+                }
                 frame = stream.recv() => {
                     match frame.map_err(|e| target.replication_error(e))? {
                         Frame::XLogData { start, data } => {
@@ -190,7 +194,14 @@ pub async fn run(
         }
     }
     .await;
-    outcome?;
+    if let Err(e) = outcome {
+        // A publish that found the tracker gone stopped first: the tracker's own
+        // error says why (a refused publish, with RabbitMQ's reason).
+        if !tracker_joined && tracker.is_finished() {
+            tracker_result((&mut tracker).await)?;
+        }
+        return Err(e);
+    }
 
     // Drain: publish whole transactions, wait for every confirm, and tell the server.
     capture.batcher.flush(&mut capture.out);
@@ -307,7 +318,10 @@ impl Capture<'_> {
                 let Some(def) = self.relations.resolve(&mut change, context.commit_lsn).await? else {
                     return Ok(());
                 };
-                // Before any transform: a rewrite must see what the update left out.
+                // Before any transform: a rewrite must see what the update left out. The
+                // whole old row is trusted only under FULL: a USING INDEX identity can
+                // look whole when an update leaves a TOASTed value out.
+                let old_row = if def.full_identity { old_row } else { Vec::new() };
                 wal2json::complete_update(&mut change, old_row, &def.columns);
                 let partitioned = def.partitions.is_some();
                 let table = def.name.clone();

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Row};
 
-use crate::catalog::{TableDef, TableName};
-use crate::change::{Change, Lsn};
+use crate::catalog::{ColumnDef, TableDef, TableName};
+use crate::change::{Change, Lsn, Op};
 use crate::source::SourceError;
 
 /// How often the partition trees are read again.
@@ -218,6 +218,7 @@ impl Relations {
         let Some(i) = index else {
             return Ok(None);
         };
+        learn_columns(&mut self.defs[i].columns, change);
         let def = &self.defs[i];
         if def.name.schema != change.schema || def.name.name != change.table {
             change.schema.clone_from(&def.name.schema);
@@ -378,6 +379,45 @@ fn uncovered(leaf: &TableName, parent: &TableName) -> SourceError {
     ))
 }
 
+/// Keeps a table's column list current from its changes, since columns are
+/// added and dropped while the pipeline runs: an insert carries every column the
+/// table has, in order; an update every one but its unchanged TOASTed values.
+fn learn_columns(columns: &mut Vec<ColumnDef>, change: &Change) {
+    let new = |c: &crate::change::Column| ColumnDef {
+        name: c.name.clone(),
+        pg_type: c.pg_type.clone(),
+        // Unknown: counted as a type that may be stored out of line.
+        type_oid: 0,
+        not_null: false,
+    };
+    match change.op {
+        Op::Insert => {
+            let same = change.columns.len() == columns.len()
+                && change.columns.iter().zip(columns.iter()).all(|(c, d)| c.name == d.name);
+            if !same {
+                let old = std::mem::take(columns);
+                *columns = change
+                    .columns
+                    .iter()
+                    .map(|c| old.iter().find(|d| d.name == c.name).cloned().unwrap_or_else(|| new(c)))
+                    .collect();
+            }
+        }
+        Op::Update => {
+            // The fast path: the update's columns appear in the list, in order.
+            let mut listed = columns.iter();
+            if !change.columns.iter().all(|c| listed.any(|d| d.name == c.name)) {
+                for c in &change.columns {
+                    if !columns.iter().any(|d| d.name == c.name) {
+                        columns.push(new(c));
+                    }
+                }
+            }
+        }
+        Op::Delete | Op::Truncate => {}
+    }
+}
+
 /// The server's WAL position, read before a catalog query so that every
 /// transaction committed by then is visible to that query.
 async fn current_wal_lsn(pg: &Client) -> Result<Lsn, SourceError> {
@@ -412,6 +452,7 @@ mod tests {
 
     fn def(table: TableName, partitions: Option<Vec<TableName>>) -> TableDef {
         TableDef {
+            full_identity: false,
             name: table,
             columns: Vec::new(),
             primary_key: Vec::new(),
@@ -456,6 +497,47 @@ mod tests {
         assert_eq!((change.schema.as_str(), change.table.as_str()), ("public", "orders"));
         change.table = "other".into();
         assert!(relations.resolve(&mut change, lsn).await.expect("resolves").is_none());
+    }
+
+    #[test]
+    fn column_lists_follow_added_and_dropped_columns() {
+        let column = |name: &str| crate::change::Column {
+            name: name.into(),
+            pg_type: "text".into(),
+            value: crate::change::Value::Null,
+        };
+        let change = |op, names: &[&str]| Change {
+            op,
+            schema: "public".into(),
+            table: "docs".into(),
+            columns: names.iter().map(|n| column(n)).collect(),
+            key: Vec::new(),
+        };
+        let names = |columns: &[ColumnDef]| columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        let mut columns = vec![
+            ColumnDef {
+                name: "id".into(),
+                pg_type: "integer".into(),
+                type_oid: 23,
+                not_null: true,
+            },
+            ColumnDef {
+                name: "body".into(),
+                pg_type: "text".into(),
+                type_oid: 25,
+                not_null: false,
+            },
+        ];
+        // An update that leaves `body` out says nothing new.
+        learn_columns(&mut columns, &change(Op::Update, &["id"]));
+        assert_eq!(names(&columns), ["id", "body"]);
+        // A column added: an update that writes it adds it.
+        learn_columns(&mut columns, &change(Op::Update, &["id", "extra"]));
+        assert_eq!(names(&columns), ["id", "body", "extra"]);
+        // A column dropped: an insert carries exactly what the table has; known types stay.
+        learn_columns(&mut columns, &change(Op::Insert, &["id", "extra"]));
+        assert_eq!(names(&columns), ["id", "extra"]);
+        assert_eq!(columns[0].type_oid, 23);
     }
 
     #[tokio::test]
