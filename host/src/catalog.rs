@@ -177,7 +177,31 @@ pub struct TableDef {
     pub partitions: Option<Vec<TableName>>,
 }
 
+impl ColumnDef {
+    /// A column known only by its name and PostgreSQL type, as a change carries
+    /// it: its type OID is unknown (0) and it may hold NULL.
+    pub fn named(name: &str, pg_type: &str) -> Self {
+        ColumnDef {
+            name: name.to_owned(),
+            pg_type: pg_type.to_owned(),
+            type_oid: 0,
+            not_null: false,
+        }
+    }
+}
+
 impl TableDef {
+    /// A table that is not partitioned and not REPLICA IDENTITY FULL.
+    pub fn plain(name: TableName, columns: Vec<ColumnDef>, primary_key: Vec<String>) -> Self {
+        TableDef {
+            name,
+            columns,
+            primary_key,
+            full_identity: false,
+            partitions: None,
+        }
+    }
+
     /// The columns that tell rows apart: the primary key, or every column when there is none.
     pub fn row_key(&self) -> Vec<String> {
         if self.primary_key.is_empty() {
@@ -850,21 +874,14 @@ mod tests {
     }
 
     fn table(columns: &[(&str, &str)], key: &[&str]) -> TableDef {
-        TableDef {
-            full_identity: false,
-            name: TableName::parse("t").expect("valid"),
-            columns: columns
+        TableDef::plain(
+            TableName::parse("t").expect("valid"),
+            columns
                 .iter()
-                .map(|(name, pg_type)| ColumnDef {
-                    name: (*name).into(),
-                    pg_type: (*pg_type).into(),
-                    type_oid: 0,
-                    not_null: false,
-                })
+                .map(|(name, pg_type)| ColumnDef::named(name, pg_type))
                 .collect(),
-            primary_key: key.iter().map(|k| (*k).to_string()).collect(),
-            partitions: None,
-        }
+            key.iter().map(|k| (*k).to_string()).collect(),
+        )
     }
 
     #[test]

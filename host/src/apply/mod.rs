@@ -1055,21 +1055,14 @@ mod tests {
     use crate::catalog::{ColumnDef, TableName};
 
     fn def(columns: &[(&str, &str)], key: &[&str]) -> TableDef {
-        TableDef {
-            full_identity: false,
-            name: TableName::parse("public.codes").expect("valid"),
-            columns: columns
+        TableDef::plain(
+            TableName::parse("public.codes").expect("valid"),
+            columns
                 .iter()
-                .map(|(name, pg_type)| ColumnDef {
-                    name: (*name).into(),
-                    pg_type: (*pg_type).into(),
-                    type_oid: 0,
-                    not_null: false,
-                })
+                .map(|(name, pg_type)| ColumnDef::named(name, pg_type))
                 .collect(),
-            primary_key: key.iter().map(|k| (*k).to_string()).collect(),
-            partitions: None,
-        }
+            key.iter().map(|k| (*k).to_string()).collect(),
+        )
     }
 
     fn column(name: &str, column_type: &str, collation: &str, nullable: bool) -> TargetColumn {

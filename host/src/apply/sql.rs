@@ -91,25 +91,18 @@ async fn create_target(pool: &MySqlPool, change: &Change) -> Result<(), sqlx::Er
             reason: "its key names columns that its new values do not carry, so rows could not be found by it".into(),
         })));
     }
-    let def = crate::catalog::TableDef {
-        full_identity: false,
-        name: crate::catalog::TableName {
+    let def = crate::catalog::TableDef::plain(
+        crate::catalog::TableName {
             schema: change.schema.clone(),
             name: change.table.clone(),
         },
-        columns: change
+        change
             .columns
             .iter()
-            .map(|c| crate::catalog::ColumnDef {
-                name: c.name.clone(),
-                pg_type: c.pg_type.clone(),
-                type_oid: 0,
-                not_null: false,
-            })
+            .map(|c| crate::catalog::ColumnDef::named(&c.name, &c.pg_type))
             .collect(),
-        primary_key: change.key.iter().map(|k| k.name.clone()).collect(),
-        partitions: None,
-    };
+        change.key.iter().map(|k| k.name.clone()).collect(),
+    );
     let refuse = |reason: String| {
         sqlx::Error::Configuration(Box::new(NoTarget {
             table: table.clone(),

@@ -383,13 +383,8 @@ fn uncovered(leaf: &TableName, parent: &TableName) -> SourceError {
 /// added and dropped while the pipeline runs: an insert carries every column the
 /// table has, in order; an update every one but its unchanged TOASTed values.
 fn learn_columns(columns: &mut Vec<ColumnDef>, change: &Change) {
-    let new = |c: &crate::change::Column| ColumnDef {
-        name: c.name.clone(),
-        pg_type: c.pg_type.clone(),
-        // Unknown: counted as a type that may be stored out of line.
-        type_oid: 0,
-        not_null: false,
-    };
+    // Its OID unknown, a new column counts as a type that may be stored out of line.
+    let new = |c: &crate::change::Column| ColumnDef::named(&c.name, &c.pg_type);
     match change.op {
         Op::Insert => {
             let same = change.columns.len() == columns.len()
@@ -452,11 +447,8 @@ mod tests {
 
     fn def(table: TableName, partitions: Option<Vec<TableName>>) -> TableDef {
         TableDef {
-            full_identity: false,
-            name: table,
-            columns: Vec::new(),
-            primary_key: Vec::new(),
             partitions,
+            ..TableDef::plain(table, Vec::new(), Vec::new())
         }
     }
 
