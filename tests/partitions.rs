@@ -91,14 +91,7 @@ async fn partitions_stream_into_their_table_including_ones_created_later() {
     env.pg_exec("TRUNCATE orders_eu").await;
     env.pg_exec("INSERT INTO orders VALUES ('us', 9, 'after the truncate')")
         .await;
-    let deadline = crate::support::wait::Deadline::new("the partial TRUNCATE to be dead-lettered", secs(60));
-    let letters = loop {
-        let letters = pipeline.dead_letters().await;
-        if !letters.is_empty() {
-            break letters;
-        }
-        deadline.tick(&letters).await;
-    };
+    let letters = pipeline.wait_dead_letters(&mut running, 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(
         (letters[0].stage.as_str(), letters[0].table.as_str()),

@@ -5,7 +5,7 @@
 //! rewrites updates never writes a row without it. (Without a transform, see
 //! `fidelity::an_unchanged_toasted_value_survives_an_update_of_another_column`.)
 
-use crate::support::binary::{DeadLetter, guest};
+use crate::support::binary::guest;
 use crate::support::{Deadline, Env, Pipeline, broker, db, row, secs};
 
 const TABLE: &str =
@@ -78,23 +78,6 @@ async fn update_every_row_keeps_every_body(
     }
 }
 
-/// Waits until `pipeline` has `count` dead letters, and returns them.
-async fn dead_letters(
-    pipeline: &Pipeline,
-    running: &mut crate::support::binary::Running,
-    count: usize,
-) -> Vec<DeadLetter> {
-    let deadline = Deadline::new(format!("{count} dead letters"), secs(60));
-    loop {
-        running.assert_alive();
-        let letters = pipeline.dead_letters().await;
-        if letters.len() >= count {
-            return letters;
-        }
-        deadline.tick(&format!("{letters:?}\n{}", running.log_tail())).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_rows_keeps_unchanged_toasted_text_under_the_default_identity() {
     let (env, pipeline, mut running) = filtered("toastdef", false).await;
@@ -104,7 +87,7 @@ async fn filter_rows_keeps_unchanged_toasted_text_under_the_default_identity() {
     // no row in the target, and no row without its body is written; the reason says
     // how to have whole rows sent.
     env.pg_exec("UPDATE docs SET keep = true WHERE id = 3").await;
-    let letters = dead_letters(&pipeline, &mut running, 1).await;
+    let letters = pipeline.wait_dead_letters(&mut running, 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
     assert_eq!((letter.stage.as_str(), letter.table.as_str()), ("apply", "public.docs"));
@@ -203,7 +186,7 @@ async fn an_insert_keeping_an_unchanged_value_rewrites_its_row_or_is_dead_letter
     // its body is known nowhere, so it is dead-lettered, not written without it.
     let message = replay_message(&pipeline, &[insert_keeping_body(1, 5), insert_keeping_body(7, 1)]);
     broker::publish_raw(&format!("wasmcdc.{}", pipeline.slot), &message).await;
-    let letters = dead_letters(&pipeline, &mut running, 1).await;
+    let letters = pipeline.wait_dead_letters(&mut running, 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
         letters[0].reason.contains("does not carry the value of body")

@@ -2,21 +2,7 @@
 //! keys that differ only in trailing spaces, arrays as JSON, ±infinity dates,
 //! negative numeric scales and wide char(n), through the copy and the stream.
 
-use crate::support::binary::{DeadLetter, Running};
 use crate::support::{Deadline, Env, Pipeline, db, secs};
-
-/// Waits until the pipeline has dead-lettered `count` changes, and returns them.
-async fn dead_letters(pipeline: &Pipeline, running: &mut Running, count: usize) -> Vec<DeadLetter> {
-    let deadline = Deadline::new(format!("{count} dead letters"), secs(60));
-    loop {
-        running.assert_alive();
-        let letters = pipeline.dead_letters().await;
-        if letters.len() >= count {
-            return letters;
-        }
-        deadline.tick(&letters.len()).await;
-    }
-}
 
 /// Each column of a target table as `name type collation`, sorted.
 async fn column_types(env: &Env, pipeline: &Pipeline, table: &str) -> Vec<String> {
@@ -98,7 +84,7 @@ async fn wide_text_keys_replicate() {
         .collect();
     assert_eq!(keys, ["1/changed", "3/c", "4/widest"], "{sites:?}");
 
-    let letters = dead_letters(&pipeline, &mut running, 1).await;
+    let letters = pipeline.wait_dead_letters(&mut running, 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].table, "public.names");
     assert!(letters[0].reason.contains("too long"), "{letters:?}");
@@ -454,7 +440,7 @@ async fn infinity_negative_scale_and_wide_char() {
     }
 
     // Dates before year 1 do not fit MariaDB: the copied row and the streamed one are dead-lettered.
-    let letters = dead_letters(&pipeline, &mut running, 2).await;
+    let letters = pipeline.wait_dead_letters(&mut running, 2).await;
     assert_eq!(letters.len(), 2, "{letters:?}");
     for letter in &letters {
         assert_eq!(letter.table, "public.ancient");

@@ -187,6 +187,20 @@ impl Pipeline {
         parse_dead_letters(&stdout)
     }
 
+    /// Waits up to 60 s, while `running` stays alive, until the pipeline holds at
+    /// least `count` dead letters, and returns them.
+    pub async fn wait_dead_letters(&self, running: &mut Running, count: usize) -> Vec<DeadLetter> {
+        let deadline = super::Deadline::new(format!("{count} dead letters"), secs(60));
+        loop {
+            running.assert_alive();
+            let letters = self.dead_letters().await;
+            if letters.len() >= count {
+                return letters;
+            }
+            deadline.tick(&format!("{letters:?}\n{}", running.log_tail())).await;
+        }
+    }
+
     /// `wasmcdc status`: its standard output; fails the test if it fails.
     pub async fn status(&self) -> String {
         let out = self.output(&["status"], secs(60)).await;
