@@ -25,7 +25,8 @@ use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
 use tokio_util::sync::CancellationToken;
 
 use self::assembler::{Assembler, Step};
-use self::sql::{KnownColumns, add_new_columns, apply_changes, statement_bytes};
+pub use self::sql::KnownColumns;
+use self::sql::{add_new_columns, apply_changes, statement_bytes};
 use crate::catalog::{KeyTooWide, TableDef, my_ident};
 use crate::change::{Change, Lsn, MESSAGE_FORMAT, Message, OLDEST_MESSAGE_FORMAT, Transaction, TxContext};
 use crate::queue::{Broker, DeadLetter, QueueError};
@@ -220,8 +221,10 @@ fn loose_collation(def: &TableDef, columns: &[TargetColumn]) -> Option<String> {
 
 /// Writes copied rows in one MariaDB transaction. If MariaDB refuses the batch,
 /// it writes them one by one and dead-letters each row it still refuses.
+/// `known` carries the target tables' columns from batch to batch.
 pub async fn write_rows(
     pool: &MySqlPool,
+    known: &mut KnownColumns,
     broker: &Broker,
     pipeline: &str,
     transforms: &[String],
@@ -230,8 +233,7 @@ pub async fn write_rows(
 ) -> Result<(), ApplyError> {
     let max_bytes = statement_bytes(pool).await;
     // A transform may route copied rows to a table that does not exist yet, or add columns.
-    let mut known = KnownColumns::default();
-    add_new_columns(pool, &mut known, rows.iter())
+    add_new_columns(pool, known, rows.iter())
         .await
         .map_err(|e| ApplyError::from(Refused::Data(e)))?;
     let write = async |rows: &[Change]| -> Result<(), sqlx::Error> {

@@ -11,7 +11,7 @@ use crate::catalog::{DATE_INFINITY, DATETIME_INFINITY, mariadb_datetime, my_iden
 use crate::change::{Change, Column, Op, Value};
 
 /// The columns each target table is known to have, read once per table.
-pub(super) type KnownColumns = HashMap<String, HashSet<String>>;
+pub type KnownColumns = HashMap<String, HashSet<String>>;
 
 /// Adds columns that changes carry but their target table lacks (a column added
 /// in PostgreSQL), before the group's transaction: in MariaDB, DDL would commit

@@ -89,6 +89,7 @@ pub async fn initial_copy(
         commit_lsn: consistent,
         commit_time: String::new(),
     };
+    let mut known = apply::KnownColumns::default();
     for def in defs {
         let started = Instant::now();
         let total: i64 = pg
@@ -153,7 +154,7 @@ pub async fn initial_copy(
                 break;
             }
             let fetched = rows.len();
-            apply::write_rows(pool, broker, pipeline, chain.hashes(), &context, &rows).await?;
+            apply::write_rows(pool, &mut known, broker, pipeline, chain.hashes(), &context, &rows).await?;
             copied += fetched;
             tracing::info!(table = %def.name, copied, total, "initial copy");
             if fetched == 0 {
