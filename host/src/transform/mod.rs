@@ -27,7 +27,7 @@ use crate::source::wal2json::{self, Event};
 mod wit {
     // Async, so that a guest waiting in a host call (a sleep, a poll, a read)
     // can be abandoned at its deadline: see `Module::run`.
-    wasmtime::component::bindgen!({ path: "../wit", world: "transformer", exports: { default: async } });
+    wasmtime::component::bindgen!({ path: "../wit/v0.1", world: "transformer", exports: { default: async } });
     pub use self::wasmcdc::transform::types::*;
 }
 

@@ -34,7 +34,7 @@ pub mod bindings {
     #![allow(clippy::too_many_arguments)]
 
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "../../wit/v0.1",
         world: "transformer",
         pub_export_macro: true,
         default_bindings_module: "$crate::bindings",

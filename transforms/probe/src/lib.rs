@@ -8,7 +8,7 @@
 // The generated bindings flatten a change into many core-wasm parameters.
 #![allow(clippy::too_many_arguments)]
 
-wit_bindgen::generate!({ path: "../../wit", world: "transformer" });
+wit_bindgen::generate!({ path: "../../wit/v0.1", world: "transformer" });
 
 use std::hint::black_box;
 
