@@ -20,7 +20,7 @@ use crate::source::relations::Relations;
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
 use crate::transform::watch::ChainWatcher;
-use crate::transform::{TransformChain, guest_code};
+use crate::transform::{TransformChain, TransformError, guest_code};
 
 /// The dead-letter stage of a partition's own TRUNCATE, which `dlq replay` refuses.
 pub const PARTITION_STAGE: &str = "partition";
@@ -28,6 +28,10 @@ pub const PARTITION_STAGE: &str = "partition";
 /// Why the capture stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// A shutdown stopped the transform chain in the middle of a transaction,
+    /// which is therefore not published; the slot sends it again next time.
+    #[error("stopped while transforming a transaction")]
+    Stopped,
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -65,6 +69,8 @@ pub struct Transforms {
 struct Capture<'a> {
     pipeline: &'a str,
     broker: &'a Broker,
+    /// The shutdown signal, which also stops the chain between guest calls.
+    stop: CancellationToken,
     chain: TransformChain,
     /// The replicated tables, by the relation names wal2json prints.
     relations: Relations,
@@ -139,10 +145,13 @@ pub async fn run(
         transforms.chain.hashes().to_vec(),
         transforms.chain.targets().to_vec(),
     );
+    let mut chain = transforms.chain;
+    chain.stop_when(shutdown.clone());
     let mut capture = Capture {
         pipeline,
         broker,
-        chain: transforms.chain,
+        stop: shutdown.clone(),
+        chain,
         relations,
         truncating: None,
         next_chain: None,
@@ -175,7 +184,10 @@ pub async fn run(
                     match frame.map_err(|e| target.replication_error(e))? {
                         Frame::XLogData { start, data } => {
                             capture.received = capture.received.max(start);
-                            capture.on_output(&data).await?;
+                            match capture.on_output(&data).await {
+                                Err(CaptureError::Stopped) => return Ok(()),
+                                other => other?,
+                            }
                         }
                         Frame::Keepalive { wal_end, reply_requested } => {
                             capture.received = capture.received.max(wal_end);
@@ -303,6 +315,8 @@ impl Capture<'_> {
                     // Every message names one chain version: publish what the old one made first.
                     self.batcher.flush(&mut self.out);
                     tracing::info!(hashes = ?chain.hashes(), "swapped in the new transform chain");
+                    let mut chain = chain;
+                    chain.stop_when(self.stop.clone());
                     self.batcher
                         .set_transforms(chain.hashes().to_vec(), chain.targets().to_vec());
                     self.chain = chain;
@@ -409,7 +423,9 @@ impl Capture<'_> {
         };
         let changes = std::mem::take(&mut self.pending);
         let mut out = Vec::with_capacity(changes.len());
-        transform_changes(self.pipeline, &mut self.chain, self.broker, changes, context, &mut out).await?;
+        if !transform_changes(self.pipeline, &mut self.chain, self.broker, changes, context, &mut out).await? {
+            return Err(CaptureError::Stopped);
+        }
         for change in out {
             self.batcher.change(change, &mut self.out);
         }
@@ -454,6 +470,9 @@ pub(crate) fn with_insert_key(mut change: Change, primary_key: &[String]) -> Cha
 
 /// Runs changes of one transaction through the chain, in batches, into `out`;
 /// a change the chain refuses is dead-lettered, untransformed, with the reason.
+///
+/// Returns `false`, with `out` incomplete, when a shutdown stopped the chain
+/// first: the transaction must then not be published.
 pub(crate) async fn transform_changes(
     pipeline: &str,
     chain: &mut TransformChain,
@@ -461,14 +480,17 @@ pub(crate) async fn transform_changes(
     changes: Vec<Change>,
     context: &TxContext,
     out: &mut Vec<Change>,
-) -> Result<(), QueueError> {
+) -> Result<bool, QueueError> {
     if chain.is_empty() {
         out.extend(changes);
-        return Ok(());
+        return Ok(true);
     }
     // The untransformed changes, for the dead letters of those refused.
     let originals = changes.clone();
     let outcomes = guest_code(|| chain.apply_batch(changes, context));
+    if outcomes.iter().any(|o| matches!(o, Err(TransformError::Stopped))) {
+        return Ok(false);
+    }
     for (change, outcome) in originals.into_iter().zip(outcomes) {
         let e = match outcome {
             Ok(changes) => {
@@ -496,5 +518,5 @@ pub(crate) async fn transform_changes(
         };
         broker.dead_letter_message(&message, &why).await?;
     }
-    Ok(())
+    Ok(true)
 }

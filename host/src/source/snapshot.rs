@@ -55,6 +55,7 @@ pub async fn initial_copy(
 ) -> Result<Option<Lsn>, SnapshotError> {
     let targets: Vec<String> = defs.iter().map(|d| d.name.target()).collect();
     apply::begin_copy(pool, pipeline, &targets).await?;
+    chain.stop_when(shutdown.clone());
 
     // The exported snapshot lives as long as this connection stays idle.
     let mut repl = target.replication().await?;
@@ -161,7 +162,13 @@ pub async fn initial_copy(
                 break;
             }
             let mut rows = Vec::with_capacity(fetched);
-            transform_changes(pipeline, chain, broker, fetched_rows, &context, &mut rows).await?;
+            if !transform_changes(pipeline, chain, broker, fetched_rows, &context, &mut rows).await? {
+                tracing::info!(
+                    pipeline,
+                    "initial copy interrupted; it starts again from the beginning next time"
+                );
+                return Ok(None);
+            }
             apply::write_rows(pool, &mut known, broker, pipeline, chain.hashes(), chain.targets(), &context, &rows)
                 .await?;
             copied += fetched;

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use tokio_util::sync::CancellationToken;
+
 pub mod watch;
 
 mod check;
@@ -107,6 +109,9 @@ pub enum TransformError {
     /// A type of a trial input line could not be looked up in the catalog.
     #[error("line {line}: {reason}; check that --pg-url names the database the lines came from")]
     UnknownType { line: usize, reason: String },
+    /// The chain was told to stop (a shutdown) before it reached the change.
+    #[error("the transform chain stopped for a shutdown before it reached the change")]
+    Stopped,
     /// A trial input line could not be transformed.
     #[error("line {line}: {error}")]
     AtLine { line: usize, error: Box<TransformError> },
@@ -241,6 +246,10 @@ pub struct TransformChain {
     modules: Vec<Module>,
     hashes: Vec<String>,
     targets: Vec<Target>,
+    /// Cancelled when the process shuts down: a batch whose changes each wait
+    /// out a deadline stops between calls, so SIGTERM is never held up by more
+    /// than one call.
+    stop: CancellationToken,
 }
 
 impl TransformChain {
@@ -274,7 +283,14 @@ impl TransformChain {
             modules: loaded,
             hashes,
             targets,
+            stop: CancellationToken::new(),
         })
+    }
+
+    /// Makes the chain stop between guest calls once `token` is cancelled;
+    /// the changes it did not reach end as [`TransformError::Stopped`].
+    pub fn stop_when(&mut self, token: CancellationToken) {
+        self.stop = token;
     }
 
     /// SHA-256 (hex) of each module file, in chain order.
@@ -343,7 +359,7 @@ impl TransformChain {
             let mut results = Vec::with_capacity(sent.len());
             let mut sent = sent.into_iter().peekable();
             while sent.peek().is_some() {
-                results.extend(module.call(sent.by_ref().take(BATCH).collect(), ctx));
+                results.extend(module.call(sent.by_ref().take(BATCH).collect(), ctx, &self.stop));
             }
             let mut results = results.into_iter();
             items = Vec::with_capacity(order.len());

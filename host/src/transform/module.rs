@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
 
@@ -213,16 +214,25 @@ impl Module {
     /// A batch whose call fails as a whole (a trap, a deadline, an answer
     /// that does not fit) is tried again one change at a time, on a fresh
     /// instance, so that only the change that fails is dead-lettered.
-    pub(super) fn call(&mut self, changes: Vec<Change>, ctx: &TxContext) -> Vec<Outcome> {
+    pub(super) fn call(&mut self, changes: Vec<Change>, ctx: &TxContext, stop: &CancellationToken) -> Vec<Outcome> {
         if changes.is_empty() {
             return Vec::new();
+        }
+        if stop.is_cancelled() {
+            return changes.iter().map(|_| Err(TransformError::Stopped)).collect();
         }
         if let Err(e) = self.ensure_started() {
             return changes.iter().map(|_| Err(e.again())).collect();
         }
         if matches!(self.pre, Pre::V1(_)) {
             let ctx = v1::TxContext::from(ctx);
-            return changes.into_iter().map(|change| self.call_v1(change, &ctx)).collect();
+            return changes
+                .into_iter()
+                .map(|change| match stop.is_cancelled() {
+                    true => Err(TransformError::Stopped),
+                    false => self.call_v1(change, &ctx),
+                })
+                .collect();
         }
         let count = changes.len();
         match self.call_v2(changes, ctx) {
@@ -233,7 +243,10 @@ impl Module {
             }
             Err((changes, reason)) => {
                 tracing::debug!(module = %self.name, count, reason, "a batch failed; transforming its changes one at a time");
-                changes.into_iter().flat_map(|change| self.call(vec![change], ctx)).collect()
+                changes
+                    .into_iter()
+                    .flat_map(|change| self.call(vec![change], ctx, stop))
+                    .collect()
             }
         }
     }
