@@ -30,6 +30,7 @@ mod seed;
 mod shutdown;
 mod snapshot;
 mod standby;
+mod status;
 mod tables;
 mod toast;
 mod transient;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyError, Progress};
 use crate::config::{ConfigError, Overrides, Settings};
+use crate::logs::LogFormat;
 use crate::pipeline::{Failure, NotDrained, Offsets, Refusal, supervise};
 use crate::queue::QueueError;
 use crate::queue::capture::{CaptureError, Transforms};
@@ -74,6 +75,16 @@ struct GlobalArgs {
     /// A TOML file with the same keys as these flags (flags and environment take precedence).
     #[arg(long, env = "WASMCDC_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log lines on stderr as text, or as JSON objects (one a line) for log shippers.
+    #[arg(
+        long,
+        env = "WASMCDC_LOG_FORMAT",
+        global = true,
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,8 +97,9 @@ enum Command {
     Apply,
     /// Compare every replicated table in source and target; exit 0 only if they are equal.
     Verify,
-    /// Show slot lag, queue depth, the last applied LSN and the dead-letter count.
-    Status,
+    /// Show slot lag, queue depth, the last applied LSN and the dead-letter count; exit non-zero when stalled.
+    #[command(after_help = status::EXIT_CODES)]
+    Status(status::StatusArgs),
     /// Manage the replication slot.
     Slot {
         #[command(subcommand)]
@@ -287,7 +299,7 @@ async fn dispatch(
             .await?
         }
         Command::Verify => return verify::run(settings).await,
-        Command::Status => status::run(settings).await?,
+        Command::Status(args) => return status::run(settings, args).await,
         Command::Dlq {
             command: DlqCommand::List { limit },
         } => dlq::list(settings, limit).await?,
@@ -389,21 +401,9 @@ pub(super) fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
     Ok(chain)
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level.
+/// Logs to stderr in the `--log-format`; `RUST_LOG` overrides the default level.
 pub fn init_logging(cli: &Cli) {
-    // status probes queues that may not exist, which the AMQP client would log as an error.
-    let default = match cli.command {
-        Command::Status => "info,lapin=off,sqlx=warn",
-        _ => "info,lapin=warn,sqlx=warn",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    crate::logs::init(cli.global.log_format, "info,lapin=warn,sqlx=warn");
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.
