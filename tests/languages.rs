@@ -6,11 +6,15 @@
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::support::binary::{assert_clean_error, repo_root};
-use crate::support::{Env, row, secs};
+use crate::support::binary::{Running, assert_clean_error, repo_root};
+use crate::support::{Deadline, Env, Pipeline, row, secs};
+
+/// How long a command that loads one of these components may take.
+const LOADING: Duration = secs(300);
 
 /// A component built by `scripts/languages.sh`, by its file name without `.wasm`.
 fn language_module(name: &str) -> PathBuf {
@@ -41,6 +45,22 @@ const STREAM: &str = "
     UPDATE people SET name = 'Eve E.' WHERE id = 5;
     DELETE FROM people WHERE id = 3;";
 
+/// `Env::start` with a longer wait: compiling a component of 10-20 MB takes
+/// seconds, and tens of seconds in a debug build on a busy machine.
+async fn start_loading(env: &Env, pipeline: &Pipeline) -> Running {
+    let mut running = pipeline.spawn_run();
+    let streaming = format!(
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = '{}' AND active AND confirmed_flush_lsn IS NOT NULL",
+        pipeline.slot
+    );
+    let deadline = Deadline::new(format!("pipeline '{}' to load and stream", pipeline.slot), LOADING);
+    while env.pg_rows(&streaming).await.is_empty() {
+        running.assert_alive();
+        deadline.tick(&running.log_tail()).await;
+    }
+    running
+}
+
 async fn masks_through_copy_and_stream(name: &str) {
     let env = Env::new(&name.replace('-', "_")).await;
     env.pg_exec(SOURCE).await;
@@ -49,8 +69,7 @@ async fn masks_through_copy_and_stream(name: &str) {
         .tables("public.people")
         .transform(&language_module(name))
         .transform_config(&format!("{name}.column=email"));
-    // Loading a component of 10-20 MB takes seconds: the wait for the slot covers it.
-    let mut running = env.start(&pipeline).await;
+    let mut running = start_loading(&env, &pipeline).await;
     env.wait_target(
         &pipeline,
         &mut running,
@@ -61,7 +80,7 @@ async fn masks_through_copy_and_stream(name: &str) {
             row(&[Some("3"), Some("Carol"), Some("***"), Some("carol")]),
             row(&[Some("5"), Some("Eve"), Some("c***@long.example"), None]),
         ],
-        secs(120),
+        LOADING,
     )
     .await;
 
@@ -103,7 +122,7 @@ async fn checks_and_tests_offline(name: &str) {
     let env = Env::new(&format!("{}_offline", name.replace('-', "_"))).await;
     let pipeline = env.pipeline();
 
-    let checked = pipeline.output(&["transform", "check", module], secs(120)).await;
+    let checked = pipeline.output(&["transform", "check", module], LOADING).await;
     let stdout = stdout_of_success(&checked, "transform check");
     assert!(
         stdout.contains("0.2.0"),
@@ -117,7 +136,7 @@ async fn checks_and_tests_offline(name: &str) {
         let pipeline = pipeline.transform_config(&format!("{name}.{setting}"));
         async move {
             pipeline
-                .output_with_input(&["transform", "test", "--module", module], &input, secs(120))
+                .output_with_input(&["transform", "test", "--module", module], &input, LOADING)
                 .await
         }
     };
