@@ -129,6 +129,10 @@ enum DlqCommand {
 #[derive(Debug, Subcommand)]
 enum TransformCommand {
     /// Read change JSON or wal2json lines on stdin, print the transformed changes as JSON lines.
+    ///
+    /// wal2json lines without type OIDs are typed by their type names; with
+    /// --pg-url (or WASMCDC_PG_URL) each name is looked up in that database's
+    /// catalog, so domains, enums and arrays are typed as in production.
     Test {
         /// The component to run, or SCHEMA.TABLE=PATH; repeat to build a chain.
         #[arg(long = "module", required = true, value_name = "M.wasm")]
@@ -247,7 +251,9 @@ impl Cli {
 pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, Error> {
     let settings = cli.settings()?;
     let long_running = cli.long_running();
-    let work = dispatch(cli.command, &settings, &shutdown);
+    // `transform test` reads types from the catalog only when told where it is.
+    let catalog = cli.global.pg_url.is_some().then(|| settings.pg_url.clone());
+    let work = dispatch(cli.command, &settings, catalog, &shutdown);
     if long_running {
         work.await
     } else {
@@ -255,7 +261,12 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
     }
 }
 
-async fn dispatch(command: Command, settings: &Settings, shutdown: &CancellationToken) -> Result<ExitCode, Error> {
+async fn dispatch(
+    command: Command,
+    settings: &Settings,
+    catalog: Option<String>,
+    shutdown: &CancellationToken,
+) -> Result<ExitCode, Error> {
     match command {
         Command::Run => {
             supervise("the pipeline", shutdown, async |up| {
@@ -286,7 +297,7 @@ async fn dispatch(command: Command, settings: &Settings, shutdown: &Cancellation
         Command::Slot {
             command: SlotCommand::Drop,
         } => slot::drop_pipeline(settings).await?,
-        Command::Transform { command } => transform::execute(command, settings).await?,
+        Command::Transform { command } => transform::execute(command, settings, catalog).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

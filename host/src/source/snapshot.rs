@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{self, ApplyError};
 use crate::catalog::{TableDef, pg_ident};
 use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
-use crate::queue::capture::transform_change;
+use crate::queue::capture::{transform_changes, with_insert_key};
 use crate::queue::{Broker, QueueError};
 use crate::source::replication::quote_ident;
 use crate::source::wal2json::{BYTEA, value_from_text};
@@ -125,7 +125,7 @@ pub async fn initial_copy(
                 .simple_query(&format!("FETCH {BATCH} FROM wasmcdc_copy"))
                 .await
                 .map_err(query)?;
-            let mut rows = Vec::with_capacity(BATCH);
+            let mut fetched_rows = Vec::with_capacity(BATCH);
             for message in messages {
                 let SimpleQueryMessage::Row(r) = message else { continue };
                 let mut columns = Vec::with_capacity(def.columns.len());
@@ -148,18 +148,24 @@ pub async fn initial_copy(
                     columns,
                     key: Vec::new(),
                 };
-                transform_change(pipeline, chain, broker, change, &def.primary_key, &context, &mut rows).await?;
+                fetched_rows.push(if chain.is_empty() {
+                    change
+                } else {
+                    with_insert_key(change, &def.primary_key)
+                });
             }
-            if rows.is_empty() && copied as i64 >= total {
-                break;
-            }
-            let fetched = rows.len();
-            apply::write_rows(pool, &mut known, broker, pipeline, chain.hashes(), &context, &rows).await?;
-            copied += fetched;
-            tracing::info!(table = %def.name, copied, total, "initial copy");
+            // The cursor's end decides when the table is done, not what the
+            // chain kept: a filter may drop a whole batch.
+            let fetched = fetched_rows.len();
             if fetched == 0 {
                 break;
             }
+            let mut rows = Vec::with_capacity(fetched);
+            transform_changes(pipeline, chain, broker, fetched_rows, &context, &mut rows).await?;
+            apply::write_rows(pool, &mut known, broker, pipeline, chain.hashes(), chain.targets(), &context, &rows)
+                .await?;
+            copied += fetched;
+            tracing::info!(table = %def.name, copied, total, "initial copy");
         }
         pg.batch_execute("CLOSE wasmcdc_copy").await.map_err(query)?;
         tracing::info!(table = %def.name, rows = copied, seconds = started.elapsed().as_secs_f64(), "copied");
