@@ -125,7 +125,7 @@ async fn checks_and_tests_offline(name: &str) {
     let checked = pipeline.output(&["transform", "check", module], LOADING).await;
     let stdout = stdout_of_success(&checked, "transform check");
     assert!(
-        stdout.contains("0.2.0"),
+        stdout.contains("world: wasmcdc:transform@0.2.0 transformer"),
         "transform check does not name the world 0.2.0:\n{stdout}"
     );
 
