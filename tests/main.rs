@@ -19,6 +19,7 @@ mod huge_transaction;
 mod hygiene;
 mod identity;
 mod keys;
+mod languages;
 mod large_transaction;
 mod partitions;
 mod privileges;
