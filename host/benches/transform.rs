@@ -46,12 +46,11 @@ const TRANSACTION: usize = 1_000;
 fn measure(chain: &mut TransformChain, changes: &[Change], ctx: &TxContext) -> f64 {
     let mut best = f64::MAX;
     for _ in 0..ROUNDS {
-        let mut batch = changes.to_vec();
+        let transactions: Vec<Vec<Change>> = changes.chunks(TRANSACTION).map(<[Change]>::to_vec).collect();
         let started = Instant::now();
         let mut out = 0usize;
-        while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(TRANSACTION));
-            for outcome in chain.apply_batch(std::mem::replace(&mut batch, rest), ctx) {
+        for transaction in transactions {
+            for outcome in chain.apply_batch(transaction, ctx) {
                 out += outcome.expect("transform").len();
             }
         }
