@@ -523,7 +523,10 @@ mod tests {
 
     /// Resolves with `vars` set in the environment, inside a jail: every test
     /// that resolves holds it, so none sees another's variables.
-    #[allow(clippy::result_large_err, reason = "the jail's closure returns figment's own error type")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "the jail's closure returns figment's own error type"
+    )]
     fn resolve_with_env(vars: &[(&str, &str)], flags: &Flags, file: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut resolved = None;
         Jail::expect_with(|jail| {
