@@ -11,6 +11,7 @@ mod support;
 
 mod bad_input;
 mod compose;
+mod config;
 mod dead_letters;
 mod drift;
 mod fidelity;

@@ -3,7 +3,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, source_tables};
-use crate::apply::{self, ApplyOptions};
+use crate::apply;
 use crate::config::Settings;
 use crate::pipeline::Up;
 use crate::queue::Broker;
@@ -21,7 +21,7 @@ pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &U
         &broker,
         &pool,
         &target,
-        &ApplyOptions::default(),
+        &settings.apply_options(),
         shutdown,
     )
     .await;

@@ -9,7 +9,7 @@ use crate::apply;
 use crate::config::Settings;
 use crate::pipeline::{self, Facts, Offsets, Plan, Start, Up};
 use crate::queue::Broker;
-use crate::queue::capture::{self, CaptureOptions};
+use crate::queue::capture;
 use crate::source;
 
 pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &Up) -> Result<(), Error> {
@@ -34,7 +34,7 @@ pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &U
         &defs,
         live_chain(settings, chain)?,
         &broker,
-        &CaptureOptions::default(),
+        &settings.capture_options(),
         shutdown,
     )
     .await;

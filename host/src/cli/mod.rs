@@ -2,6 +2,7 @@
 
 mod apply;
 mod capture;
+mod config;
 mod dlq;
 mod run;
 mod slot;
@@ -13,11 +14,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyError, Progress};
-use crate::config::{ConfigError, Overrides, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::logs::LogFormat;
 use crate::pipeline::{Failure, NotDrained, Offsets, Refusal, supervise};
 use crate::queue::QueueError;
@@ -37,22 +39,31 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Args)]
+/// The settings that have a flag. Each field is named as its key in
+/// [`Settings`], holds only what the command line (or the flag's environment
+/// variable) gave, and is serialized as the top layer of the settings.
+#[derive(Debug, Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
 struct GlobalArgs {
     /// PostgreSQL URL (the source database).
     #[arg(long, env = "WASMCDC_PG_URL", global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pg_url: Option<String>,
     /// RabbitMQ URL.
     #[arg(long, env = "WASMCDC_AMQP_URL", global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     amqp_url: Option<String>,
     /// MariaDB URL (the target database).
     #[arg(long, env = "WASMCDC_MARIADB_URL", global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     mariadb_url: Option<String>,
     /// The pipeline's name: its replication slot, broker objects and offsets row [default: wasmcdc].
     #[arg(long, env = "WASMCDC_SLOT", global = true, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     slot: Option<String>,
     /// Tables to replicate, comma-separated schema.table [default: public.itrequests].
     #[arg(long, env = "WASMCDC_TABLES", global = true, value_name = "LIST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     tables: Option<String>,
     /// A transform component, or SCHEMA.TABLE=PATH to apply it to one source table; repeat to build a chain.
     #[arg(
@@ -62,6 +73,7 @@ struct GlobalArgs {
         value_name = "PATH",
         value_delimiter = ','
     )]
+    #[serde(rename = "transform", skip_serializing_if = "Vec::is_empty")]
     transforms: Vec<PathBuf>,
     /// A transform setting, MODULE.KEY=VALUE (MODULE is the file name without .wasm); repeat for more.
     #[arg(
@@ -71,11 +83,16 @@ struct GlobalArgs {
         value_name = "MODULE.KEY=VALUE",
         value_delimiter = ';'
     )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     transform_config: Vec<String>,
-    /// A TOML file with the same keys as these flags (flags and environment take precedence).
+    /// A TOML file with these flags' keys and the tuning keys of wasmcdc.example.toml (flags and environment take precedence).
     #[arg(long, env = "WASMCDC_CONFIG", global = true, value_name = "FILE")]
+    #[serde(skip)]
     config: Option<PathBuf>,
     /// Log lines on stderr as text, or as JSON objects (one a line) for log shippers.
+    ///
+    /// A flag and environment setting only: logging starts before the file is read.
+    #[serde(skip)]
     #[arg(
         long,
         env = "WASMCDC_LOG_FORMAT",
@@ -115,6 +132,17 @@ enum Command {
         #[command(subcommand)]
         command: TransformCommand,
     },
+    /// Show the settings in effect.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings as TOML that --config reads back, with passwords masked.
+    Print,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,18 +269,15 @@ impl Cli {
         matches!(self.command, Command::Run | Command::Capture | Command::Apply)
     }
 
-    fn settings(&self) -> Result<Settings, ConfigError> {
-        let g = &self.global;
-        Settings::resolve(Overrides {
-            pg_url: g.pg_url.clone(),
-            amqp_url: g.amqp_url.clone(),
-            mariadb_url: g.mariadb_url.clone(),
-            slot: g.slot.clone(),
-            tables: g.tables.clone(),
-            transforms: g.transforms.clone(),
-            transform_config: g.transform_config.clone(),
-            config: g.config.clone(),
-        })
+    /// The settings: these flags, over the environment, over the `--config` file, over the defaults.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        // The environment variables of flags are clap's to read, with the flags' own splitting.
+        let flag_keys: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter(|arg| arg.get_env().is_some())
+            .filter_map(|arg| arg.get_long().map(str::to_owned))
+            .collect();
+        Settings::resolve(&self.global, &flag_keys, self.global.config.as_deref())
     }
 }
 
@@ -281,19 +306,19 @@ async fn dispatch(
 ) -> Result<ExitCode, Error> {
     match command {
         Command::Run => {
-            supervise("the pipeline", shutdown, async |up| {
+            supervise("the pipeline", shutdown, settings.backoff(), async |up| {
                 run::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
         Command::Capture => {
-            supervise("the capture", shutdown, async |up| {
+            supervise("the capture", shutdown, settings.backoff(), async |up| {
                 capture::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
         Command::Apply => {
-            supervise("the apply", shutdown, async |up| {
+            supervise("the apply", shutdown, settings.backoff(), async |up| {
                 apply::run(settings, shutdown.clone(), up).await
             })
             .await?
@@ -310,6 +335,9 @@ async fn dispatch(
             command: SlotCommand::Drop,
         } => slot::drop_pipeline(settings).await?,
         Command::Transform { command } => transform::execute(command, settings, catalog).await?,
+        Command::Config {
+            command: ConfigCommand::Print,
+        } => config::print(settings)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -388,13 +416,20 @@ pub(super) fn live_chain(settings: &Settings, chain: TransformChain) -> Result<T
             &settings.transforms,
             &settings.transform_config,
             chain.hashes(),
+            chain.limits(),
         )?)
     };
     Ok(Transforms { chain, reloads })
 }
 
 pub(super) fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
-    let chain = guest_code(|| TransformChain::load(&settings.transforms, &settings.transform_config))?;
+    let chain = guest_code(|| {
+        TransformChain::load_with(
+            &settings.transforms,
+            &settings.transform_config,
+            settings.transform_limits(),
+        )
+    })?;
     for (path, hash) in settings.transforms.iter().zip(chain.hashes()) {
         tracing::info!(module = %path.display(), %hash, "transform loaded");
     }

@@ -3,12 +3,12 @@
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, live_chain, load_chain, offsets, source_tables};
-use crate::apply::{self, ApplyOptions};
+use crate::apply;
 use crate::config::Settings;
 use crate::pipeline::Up;
 use crate::pipeline::{self, Facts, Plan, Start};
 use crate::queue::Broker;
-use crate::queue::capture::{self, CaptureOptions};
+use crate::queue::capture;
 use crate::source;
 use crate::source::snapshot;
 
@@ -70,8 +70,8 @@ pub(super) async fn run(settings: &Settings, shutdown: CancellationToken, up: &U
 
     // Either half failing stops the other; both drain on shutdown.
     let stop = shutdown.child_token();
-    let capture_opts = CaptureOptions::default();
-    let apply_opts = ApplyOptions::default();
+    let capture_opts = settings.capture_options();
+    let apply_opts = settings.apply_options();
     let capture = async {
         let r = capture::run(
             &settings.slot,

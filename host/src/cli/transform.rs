@@ -9,6 +9,7 @@ use crate::transform::{TypeOids, guest_code};
 
 pub(super) async fn execute(command: TransformCommand, settings: &Settings, catalog: Option<String>) -> Result<(), Error> {
     let config = settings.transform_config.clone();
+    let limits = settings.transform_limits();
     let types = match (&command, catalog) {
         (TransformCommand::Test { .. }, Some(url)) => {
             let target = PgTarget::parse(&url)?;
@@ -31,6 +32,7 @@ pub(super) async fn execute(command: TransformCommand, settings: &Settings, cata
                     crate::transform::run_test(
                         &modules,
                         &config,
+                        limits,
                         stdin,
                         stdout,
                         types.as_mut().map(|t| t as &mut dyn TypeOids),

@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 pub const CLEAN_RUN: Duration = Duration::from_secs(10);
 /// How long a stage may take to drain after shutdown before it is dropped.
 pub const GRACE: Duration = Duration::from_secs(10);
-/// The first retry delay.
+/// The first retry delay, by default.
 pub const FIRST_DELAY: Duration = Duration::from_secs(1);
-/// The longest retry delay.
+/// The longest retry delay, by default.
 pub const LONGEST_DELAY: Duration = Duration::from_secs(30);
 
 /// When one attempt came up (connected, checked and streaming), if it did.
@@ -79,7 +79,8 @@ impl Backoff {
         Backoff::default()
     }
 
-    fn with_delays(first: Duration, longest: Duration) -> Self {
+    /// Delays from `first`, doubling up to `longest`.
+    pub fn with_delays(first: Duration, longest: Duration) -> Self {
         Backoff {
             first,
             longest,
@@ -116,12 +117,13 @@ impl Backoff {
 pub async fn supervise<E>(
     stage: &str,
     shutdown: &CancellationToken,
+    backoff: Backoff,
     attempt: impl AsyncFnMut(&Up) -> Result<(), E>,
 ) -> Result<(), E>
 where
     E: Failure + From<NotDrained>,
 {
-    supervise_with(stage, shutdown, GRACE, Backoff::new(), attempt).await
+    supervise_with(stage, shutdown, GRACE, backoff, attempt).await
 }
 
 async fn supervise_with<E>(

@@ -368,7 +368,7 @@ impl Capture<'_> {
                     self.batcher.change(change, &mut self.out);
                 } else {
                     self.pending.push(with_insert_key(change, &primary_key));
-                    if self.pending.len() >= crate::transform::BATCH {
+                    if self.pending.len() >= self.chain.limits().batch {
                         self.transform_pending().await?;
                     }
                 }

@@ -70,7 +70,7 @@ pub fn check(path: &Path) -> Result<CheckReport, TransformError> {
         path: path.to_owned(),
         table: None,
     };
-    let (module, component, hash) = Module::new(spec, Vec::new())?;
+    let (module, component, hash) = Module::new(spec, Vec::new(), super::Limits::default())?;
     let init = match module.start() {
         Ok((_, targets)) => Ok(targets),
         Err(TransformError::Init { message, .. }) => Err(message),

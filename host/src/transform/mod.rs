@@ -6,6 +6,7 @@
 //! in whichever world it exports; `sandbox` is what every guest runs inside.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -28,10 +29,37 @@ use module::Module;
 /// Stack size for host threads that call [`TransformChain::apply`]: well above the wasm stack.
 pub const THREAD_STACK: usize = 8 << 20;
 
-/// Changes given to a module in one call: a transaction, or a slice of a
-/// large one. Large enough that the fixed cost of a call vanishes, small
-/// enough that the batch's deadline stays short.
-pub const BATCH: usize = 256;
+/// What each guest may use, and how changes are handed to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock time a call carrying one change may take, waiting in host calls included.
+    pub call: Duration,
+    /// Guest stdout and stderr kept per stream and call, in bytes; the rest is dropped, not trapped on.
+    pub output_bytes: usize,
+    /// Changes given to a module in one call: a transaction, or a slice of a
+    /// large one. Large enough that the fixed cost of a call vanishes, small
+    /// enough that the batch's deadline stays short.
+    pub batch: usize,
+    /// Changes one call may return for one change: a fan-out larger than this is a runaway module.
+    pub result_changes: usize,
+    /// Bytes of text and binary values one call may return for one change.
+    pub result_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            call: Duration::from_millis(100),
+            output_bytes: 64 << 10,
+            batch: 256,
+            result_changes: 10_000,
+            result_bytes: 32 << 20,
+        }
+    }
+}
 
 /// Runs guest code (load, init, transform) from anywhere, async code included.
 ///
@@ -46,11 +74,6 @@ pub fn guest_code<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
-
-/// Changes one call may return: a fan-out larger than this is a runaway module.
-const MAX_RESULT_CHANGES: usize = 10_000;
-/// Bytes of text and binary values one call may return.
-const MAX_RESULT_BYTES: usize = 32 << 20;
 
 /// Why a transform module could not be loaded or could not transform a change.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +269,7 @@ pub struct TransformChain {
     modules: Vec<Module>,
     hashes: Vec<String>,
     targets: Vec<Target>,
+    limits: Limits,
     /// Cancelled when the process shuts down: a batch whose changes each wait
     /// out a deadline stops between calls, so SIGTERM is never held up by more
     /// than one call.
@@ -257,8 +281,13 @@ impl TransformChain {
     ///
     /// `modules` are `--transform` entries (`PATH` or `SCHEMA.TABLE=PATH`);
     /// `config` are `--transform-config` entries (`MODULE.KEY=VALUE`), each
-    /// given to the `init` of every module of that name.
+    /// given to the `init` of every module of that name. Guests run under the default [`Limits`].
     pub fn load(modules: &[PathBuf], config: &[String]) -> Result<Self, TransformError> {
+        Self::load_with(modules, config, Limits::default())
+    }
+
+    /// Like [`load`](Self::load), with guests running under `limits`.
+    pub fn load_with(modules: &[PathBuf], config: &[String], limits: Limits) -> Result<Self, TransformError> {
         let specs = modules
             .iter()
             .map(|entry| ModuleSpec::parse(entry))
@@ -269,7 +298,7 @@ impl TransformChain {
         let mut hashes = Vec::with_capacity(specs.len());
         let mut targets: Vec<Target> = Vec::new();
         for (spec, config) in specs.into_iter().zip(configs) {
-            let (module, hash) = Module::load(spec, config)?;
+            let (module, hash) = Module::load(spec, config, limits)?;
             tracing::info!(module = %module.name, world = module.world(), %hash, "loaded transform");
             // A later module's declaration of the same table wins: it is closer to the apply.
             for target in &module.targets {
@@ -283,6 +312,7 @@ impl TransformChain {
             modules: loaded,
             hashes,
             targets,
+            limits,
             stop: CancellationToken::new(),
         })
     }
@@ -303,6 +333,11 @@ impl TransformChain {
         &self.targets
     }
 
+    /// The limits its guests run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Whether the chain has no modules and so passes changes through.
     pub fn is_empty(&self) -> bool {
         self.modules.is_empty()
@@ -318,7 +353,7 @@ impl TransformChain {
 
     /// Runs changes of one transaction through the chain: each module that
     /// applies to a change's source table sees it, in chain order, and each
-    /// module gets its changes in one call per [`BATCH`]. Returns one outcome
+    /// module gets its changes in one call per [`Limits::batch`]. Returns one outcome
     /// per change, in order; a change that a module refuses or fails on is an
     /// error on its own, and nothing derived from it goes further.
     ///
@@ -359,7 +394,7 @@ impl TransformChain {
             let mut results = Vec::with_capacity(sent.len());
             let mut sent = sent.into_iter().peekable();
             while sent.peek().is_some() {
-                results.extend(module.call(sent.by_ref().take(BATCH).collect(), ctx, &self.stop));
+                results.extend(module.call(sent.by_ref().take(self.limits.batch).collect(), ctx, &self.stop));
             }
             let mut results = results.into_iter();
             items = Vec::with_capacity(order.len());
@@ -566,7 +601,7 @@ mod tests {
         }
         input.push('\n');
         let mut output = Vec::new();
-        run_test(&[component("identity")], &[], input.as_bytes(), &mut output, None).expect("run_test");
+        run_test(&[component("identity")], &[], Limits::default(), input.as_bytes(), &mut output, None).expect("run_test");
         let output = String::from_utf8(output).expect("utf-8");
         let back: Vec<Change> = output
             .lines()
@@ -579,7 +614,7 @@ mod tests {
     fn run_test_names_a_bad_line() {
         let good = serde_json::to_string(&change(Op::Insert, "itrequests")).expect("json");
         let input = format!("{good}\n{{\"op\": \"upsert\"}}\n");
-        let err = run_test(&[component("identity")], &[], input.as_bytes(), std::io::sink(), None).expect_err("error");
+        let err = run_test(&[component("identity")], &[], Limits::default(), input.as_bytes(), std::io::sink(), None).expect_err("error");
         assert!(matches!(err, TransformError::BadInput { line: 2, .. }), "{err}");
         assert!(err.to_string().starts_with("line 2 is not a change: "), "{err}");
     }
@@ -969,7 +1004,7 @@ mod tests {
             "\n",
         );
         let mut output = Vec::new();
-        run_test(&[component("identity")], &[], input.as_bytes(), &mut output, None).expect("run_test");
+        run_test(&[component("identity")], &[], Limits::default(), input.as_bytes(), &mut output, None).expect("run_test");
         let output = String::from_utf8(output).expect("utf-8");
         let back: Vec<Change> = output
             .lines()
@@ -982,6 +1017,7 @@ mod tests {
         let err = run_test(
             &[component("identity")],
             &[],
+            Limits::default(),
             r#"{"action":"X"}"#.as_bytes(),
             std::io::sink(),
             None,
@@ -1011,7 +1047,7 @@ mod tests {
         );
         let by_name = |types: Option<&mut dyn TypeOids>| -> Change {
             let mut output = Vec::new();
-            run_test(&[component("identity")], &[], line.as_bytes(), &mut output, types).expect("run_test");
+            run_test(&[component("identity")], &[], Limits::default(), line.as_bytes(), &mut output, types).expect("run_test");
             serde_json::from_slice(&output).expect("change")
         };
         // By name alone, a domain over integer is text; the catalog knows better.
@@ -1026,6 +1062,7 @@ mod tests {
         let err = run_test(
             &[component("identity")],
             &[],
+            Limits::default(),
             unknown.as_bytes(),
             std::io::sink(),
             Some(&mut Catalog(Vec::new())),

@@ -19,7 +19,7 @@ use super::sandbox::{
     Guest, GuestOutput, GuestRuntime, arm, describe_failure, engine, error_text, log_output, new_store, waited_too_long,
 };
 use super::wit::{self, v1, v2};
-use super::{MAX_RESULT_BYTES, MAX_RESULT_CHANGES, ModuleSpec, TransformError};
+use super::{Limits, ModuleSpec, TransformError};
 use crate::change::{Change, Column, Target, TargetColumn, TxContext, Value};
 
 /// What became of one change given to a module or a chain: the changes it
@@ -52,6 +52,7 @@ pub(super) struct Module {
     runtime: GuestRuntime,
     /// The tables `init` declared on the first start.
     pub(super) targets: Vec<Target>,
+    limits: Limits,
 }
 
 /// A running instance with its own store, so a failure poisons nothing else.
@@ -67,7 +68,11 @@ pub(super) struct Instance {
 impl Module {
     /// Compiles a module without starting it; returns it with its component
     /// and the SHA-256 (hex) of its file.
-    pub(super) fn new(spec: ModuleSpec, config: Vec<(String, String)>) -> Result<(Self, Component, String), TransformError> {
+    pub(super) fn new(
+        spec: ModuleSpec,
+        config: Vec<(String, String)>,
+        limits: Limits,
+    ) -> Result<(Self, Component, String), TransformError> {
         let (component, pre, hash) = Self::compile(&spec.path)?;
         let module = Self {
             name: spec.path.display().to_string(),
@@ -75,15 +80,16 @@ impl Module {
             config,
             pre,
             instance: None,
-            runtime: GuestRuntime::new()?,
+            runtime: GuestRuntime::new(limits.call)?,
             targets: Vec::new(),
+            limits,
         };
         Ok((module, component, hash))
     }
 
     /// Compiles and starts a module; returns it with the SHA-256 (hex) of its file.
-    pub(super) fn load(spec: ModuleSpec, config: Vec<(String, String)>) -> Result<(Self, String), TransformError> {
-        let (mut module, _, hash) = Self::new(spec, config)?;
+    pub(super) fn load(spec: ModuleSpec, config: Vec<(String, String)>, limits: Limits) -> Result<(Self, String), TransformError> {
+        let (mut module, _, hash) = Self::new(spec, config, limits)?;
         // Starting it now reports a module that cannot run at load time, not on the first change.
         let (instance, targets) = module.start()?;
         module.instance = Some(instance);
@@ -145,7 +151,7 @@ impl Module {
 
     /// Instantiates the component and calls `init`; returns the instance and the tables it declares.
     pub(super) fn start(&self) -> Result<(Instance, Vec<Target>), TransformError> {
-        let (mut store, stdout, stderr) = new_store()?;
+        let (mut store, stdout, stderr) = new_store(&self.limits)?;
         let failed_start = |reason: String| TransformError::Start {
             module: self.name.clone(),
             reason,
@@ -166,7 +172,7 @@ impl Module {
             failed => {
                 let reason = match failed {
                     Some(Err(e)) => describe_failure(&self.name, &e, &store),
-                    _ => waited_too_long(),
+                    _ => waited_too_long(self.limits.call),
                 };
                 log_output(&self.name, &stdout, &stderr);
                 return Err(failed_start(reason));
@@ -190,7 +196,7 @@ impl Module {
                 });
             }
             Some(Err(e)) => return Err(failed_start(describe_failure(&self.name, &e, &store))),
-            None => return Err(failed_start(waited_too_long())),
+            None => return Err(failed_start(waited_too_long(self.limits.call))),
         };
         let targets: Vec<Target> = targets.into_iter().map(Target::from).collect();
         if let Some(message) = targets.iter().find_map(Target::fault) {
@@ -282,7 +288,7 @@ impl Module {
             .run(1, bindings.call_transform(&mut instance.store, &change, ctx));
         log_output(&self.name, &instance.stdout, &instance.stderr);
         let outcome = match result {
-            None => Err(waited_too_long()),
+            None => Err(waited_too_long(self.limits.call)),
             Some(Err(e)) => Err(describe_failure(&self.name, &e, &instance.store)),
             Some(Ok(Err(message))) => {
                 return Err(TransformError::Rejected {
@@ -292,7 +298,7 @@ impl Module {
             }
             Some(Ok(Ok(changes))) => {
                 let bytes = changes.iter().map(v1::Change::result_bytes).sum();
-                match too_much(changes.len(), bytes) {
+                match too_much(changes.len(), bytes, &self.limits) {
                     Some(reason) => return Err(self.failed(reason)),
                     None => return Ok(changes.into_iter().map(Change::from).collect()),
                 }
@@ -331,7 +337,7 @@ impl Module {
             restore(&mut change.key, row.key);
         }
         let failure = match result {
-            None => waited_too_long(),
+            None => waited_too_long(self.limits.call),
             Some(Err(e)) => describe_failure(&self.name, &e, &instance.store),
             Some(Ok(outcomes)) if outcomes.len() != changes.len() => format!(
                 "it answered a batch of {} changes with {} outcomes; the batched world needs one outcome per change",
@@ -365,7 +371,7 @@ impl Module {
             ))),
             v2::Outcome::Replace(changes) => {
                 let bytes = changes.iter().map(v2::Change::result_bytes).sum();
-                match too_much(changes.len(), bytes) {
+                match too_much(changes.len(), bytes, &self.limits) {
                     Some(reason) => Err(self.failed(reason)),
                     None => Ok(changes.into_iter().map(Change::from).collect()),
                 }
@@ -379,11 +385,12 @@ impl Module {
 }
 
 /// Why what one change became is too much, if it is.
-fn too_much(changes: usize, bytes: usize) -> Option<String> {
-    (changes > MAX_RESULT_CHANGES || bytes > MAX_RESULT_BYTES).then(|| {
+fn too_much(changes: usize, bytes: usize, limits: &Limits) -> Option<String> {
+    (changes > limits.result_changes || bytes > limits.result_bytes).then(|| {
         format!(
-            "it returned {changes} changes ({bytes} bytes of values) for one change; at most {MAX_RESULT_CHANGES} changes and {} MiB are allowed",
-            MAX_RESULT_BYTES >> 20
+            "it returned {changes} changes ({bytes} bytes of values) for one change; at most {} changes and {} MiB are allowed",
+            limits.result_changes,
+            limits.result_bytes >> 20
         )
     })
 }

@@ -15,29 +15,21 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::TransformError;
+use super::{Limits, TransformError};
 
 /// Wasm stack per call; exhausting the host's own stack would abort the process.
 const MAX_WASM_STACK: usize = 512 * 1024;
 /// How often the engine's epoch advances.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Epoch ticks a single guest call may run: about 100 ms.
-const CALL_TICKS: u64 = 10;
-/// Wall-clock time a single guest call may take, waiting in host calls included.
-pub(super) const CALL_LIMIT: Duration = Duration::from_millis(EPOCH_TICK.as_millis() as u64 * CALL_TICKS);
-/// Extra time a batched call gets per change it carries: a batch of 256 has
-/// about 356 ms, so a guest that takes a fraction of a millisecond per change
+/// Extra time a batched call gets per change it carries: with the default
+/// limits a batch of 256 has about 356 ms, so a guest that takes a fraction of a millisecond per change
 /// never meets the deadline, and one that waits still cannot hold the host.
 const PER_CHANGE: Duration = Duration::from_millis(1);
-/// Linear memory per instance.
-const MEMORY_LIMIT: usize = 64 << 20;
 /// Enough for a component's core instances, tables and memories, and no more.
 const INSTANCE_LIMIT: usize = 16;
 const TABLE_LIMIT: usize = 16;
 const TABLE_ELEMENTS: usize = 20_000;
 const MEMORY_COUNT: usize = 4;
-/// Guest output kept per stream and call; the rest is dropped, not trapped on.
-const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// Where compiled modules are kept between runs, unless `WASMCDC_CACHE_DIR` says otherwise.
 fn cache_dir() -> Option<PathBuf> {
@@ -93,11 +85,11 @@ pub(super) fn engine() -> Result<&'static Engine, TransformError> {
         .map_err(|e| TransformError::Engine(e.clone()))
 }
 
-/// A store for one instance, with its limits and WASI context, and the
+/// A store for one instance, with `limits` and a WASI context, and the
 /// guest's stdout and stderr.
-pub(super) fn new_store() -> Result<(Store<Guest>, GuestOutput, GuestOutput), TransformError> {
-    let stdout = GuestOutput::default();
-    let stderr = GuestOutput::default();
+pub(super) fn new_store(limits: &Limits) -> Result<(Store<Guest>, GuestOutput, GuestOutput), TransformError> {
+    let stdout = GuestOutput::new(limits.output_bytes);
+    let stderr = GuestOutput::new(limits.output_bytes);
     // The defaults already deny files, environment, arguments and stdin;
     // sockets are switched off outright.
     let wasi = WasiCtxBuilder::new()
@@ -107,8 +99,8 @@ pub(super) fn new_store() -> Result<(Store<Guest>, GuestOutput, GuestOutput), Tr
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build();
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(MEMORY_LIMIT)
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory_bytes)
         .table_elements(TABLE_ELEMENTS)
         .instances(INSTANCE_LIMIT)
         .tables(TABLE_LIMIT)
@@ -117,10 +109,12 @@ pub(super) fn new_store() -> Result<(Store<Guest>, GuestOutput, GuestOutput), Tr
     let guest = Guest {
         wasi,
         table: ResourceTable::new(),
-        limits: Limits {
-            inner: limits,
+        limits: Tracked {
+            inner: store_limits,
             memory_denied: false,
         },
+        memory_bytes: limits.memory_bytes,
+        call: limits.call,
     };
     let mut store = Store::new(engine()?, guest);
     store.limiter(|guest| &mut guest.limits);
@@ -131,19 +125,21 @@ pub(super) fn new_store() -> Result<(Store<Guest>, GuestOutput, GuestOutput), Tr
 /// Arms the deadline of the next call, which carries `changes` changes.
 pub(super) fn arm(store: &mut Store<Guest>, changes: usize) {
     store.data_mut().limits.memory_denied = false;
-    store.set_epoch_deadline(CALL_TICKS + (changes.saturating_sub(1) as u64 * PER_CHANGE.as_millis() as u64).div_ceil(EPOCH_TICK.as_millis() as u64));
+    let call = call_limit(changes, store.data().call);
+    let ticks = u64::try_from(call.as_millis().div_ceil(EPOCH_TICK.as_millis())).unwrap_or(u64::MAX);
+    store.set_epoch_deadline(ticks);
 }
 
-/// The wall-clock deadline of a call that carries `changes` changes.
-fn call_limit(changes: usize) -> Duration {
-    CALL_LIMIT + PER_CHANGE * u32::try_from(changes.saturating_sub(1)).unwrap_or(u32::MAX)
+/// The wall-clock deadline of a call that carries `changes` changes, when one change has `call`.
+fn call_limit(changes: usize, call: Duration) -> Duration {
+    call + PER_CHANGE * u32::try_from(changes.saturating_sub(1)).unwrap_or(u32::MAX)
 }
 
-/// A guest abandoned at its deadline while it waited in a host call.
-pub(super) fn waited_too_long() -> String {
+/// A guest abandoned at its deadline, `call`, while it waited in a host call.
+pub(super) fn waited_too_long(call: Duration) -> String {
     format!(
         "it took more than {} ms, waiting in a host call (a sleep, a poll or a read)",
-        CALL_LIMIT.as_millis()
+        call.as_millis()
     )
 }
 
@@ -154,14 +150,22 @@ pub(super) fn waited_too_long() -> String {
 /// epoch deadline alone interrupts only guest code. Calls arrive from
 /// synchronous code (through [`guest_code`], which leaves the caller's
 /// runtime), so each is driven to completion here.
-pub(super) struct GuestRuntime(Option<tokio::runtime::Runtime>);
+pub(super) struct GuestRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The deadline of a call that carries one change.
+    call: Duration,
+}
 
 impl GuestRuntime {
-    pub(super) fn new() -> Result<Self, TransformError> {
+    /// A runtime whose calls carrying one change end after `call`.
+    pub(super) fn new(call: Duration) -> Result<Self, TransformError> {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map(|rt| Self(Some(rt)))
+            .map(|rt| Self {
+                runtime: Some(rt),
+                call,
+            })
             .map_err(|e| TransformError::Engine(format!("the guest runtime could not start: {e}")))
     }
 
@@ -169,8 +173,9 @@ impl GuestRuntime {
     /// `None` when it took longer. The guest's instance must then be dropped:
     /// its call was abandoned midway.
     pub(super) fn run<F: Future>(&self, changes: usize, call: F) -> Option<F::Output> {
-        let runtime = self.0.as_ref()?;
-        runtime.block_on(async { tokio::time::timeout(call_limit(changes), call).await.ok() })
+        let runtime = self.runtime.as_ref()?;
+        let limit = call_limit(changes, self.call);
+        runtime.block_on(async { tokio::time::timeout(limit, call).await.ok() })
     }
 }
 
@@ -178,7 +183,7 @@ impl Drop for GuestRuntime {
     fn drop(&mut self) {
         // A chain replaced by a hot swap is dropped on an async thread, where a
         // runtime must not wait for its tasks; this one has none.
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
     }
@@ -193,11 +198,12 @@ pub(super) fn error_text(error: &wasmtime::Error) -> String {
 pub(super) fn describe_failure(module: &str, error: &wasmtime::Error, store: &Store<Guest>) -> String {
     // The wasm backtrace helps the module's author, not the change's reader.
     tracing::debug!(module, "guest failure: {error:?}");
-    if store.data().limits.memory_denied {
-        return format!("it needed more than its {} MiB of memory", MEMORY_LIMIT >> 20);
+    let guest = store.data();
+    if guest.limits.memory_denied {
+        return format!("it needed more than its {} MiB of memory", guest.memory_bytes >> 20);
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("it ran for more than {} ms", CALL_LIMIT.as_millis()),
+        Some(Trap::Interrupt) => format!("it ran for more than {} ms", guest.call.as_millis()),
         Some(Trap::StackOverflow) => {
             format!("it overflowed its {} KiB stack", MAX_WASM_STACK >> 10)
         }
@@ -210,7 +216,11 @@ pub(super) fn describe_failure(module: &str, error: &wasmtime::Error, store: &St
 pub(super) struct Guest {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: Limits,
+    limits: Tracked,
+    /// The memory limit, for the message when it is reached.
+    memory_bytes: usize,
+    /// The deadline of a call carrying one change.
+    call: Duration,
 }
 
 impl WasiView for Guest {
@@ -224,12 +234,12 @@ impl WasiView for Guest {
 
 /// Store limits that remember a refused memory growth, so that the trap that
 /// follows can be reported as running out of memory.
-struct Limits {
+struct Tracked {
     inner: StoreLimits,
     memory_denied: bool,
 }
 
-impl ResourceLimiter for Limits {
+impl ResourceLimiter for Tracked {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = self.inner.memory_growing(current, desired, maximum)?;
         self.memory_denied |= !allowed;
@@ -268,19 +278,29 @@ pub(super) fn log_output(module: &str, stdout: &GuestOutput, stderr: &GuestOutpu
 
 /// A guest's stdout or stderr: buffered for the log, bounded, and never an
 /// error for the guest, so that chatty output cannot fail a change.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct GuestOutput(Arc<Mutex<OutputBuffer>>);
 
-#[derive(Default)]
 struct OutputBuffer {
     bytes: Vec<u8>,
     dropped: usize,
+    /// Bytes kept per call.
+    limit: usize,
 }
 
 impl GuestOutput {
+    /// An empty stream that keeps at most `limit` bytes per call.
+    fn new(limit: usize) -> Self {
+        GuestOutput(Arc::new(Mutex::new(OutputBuffer {
+            bytes: Vec::new(),
+            dropped: 0,
+            limit,
+        })))
+    }
+
     fn append(&self, bytes: &[u8]) {
         let mut buffer = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = OUTPUT_LIMIT.saturating_sub(buffer.bytes.len());
+        let room = buffer.limit.saturating_sub(buffer.bytes.len());
         let kept = bytes.len().min(room);
         buffer.bytes.extend_from_slice(&bytes[..kept]);
         buffer.dropped += bytes.len() - kept;
@@ -321,7 +341,7 @@ impl OutputStream for GuestOutput {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(OUTPUT_LIMIT)
+        Ok(self.0.lock().unwrap_or_else(PoisonError::into_inner).limit.max(1))
     }
 }
 

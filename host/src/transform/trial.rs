@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use super::{TransformChain, TransformError};
+use super::{Limits, TransformChain, TransformError};
 use crate::change::{Lsn, TxContext};
 use crate::source::wal2json::{self, Event};
 
@@ -21,11 +21,12 @@ use crate::source::wal2json::{self, Event};
 pub fn run_test(
     modules: &[PathBuf],
     config: &[String],
+    limits: Limits,
     input: impl BufRead,
     mut output: impl Write,
     mut types: Option<&mut dyn TypeOids>,
 ) -> Result<(), TransformError> {
-    let mut chain = TransformChain::load(modules, config)?;
+    let mut chain = TransformChain::load_with(modules, config, limits)?;
     // Trial changes have no source transaction unless a wal2json B line gives
     // one; guests see a fixed, recognisable one.
     let mut ctx = TxContext {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::{ModuleSpec, THREAD_STACK, TransformChain, TransformError};
+use super::{Limits, ModuleSpec, THREAD_STACK, TransformChain, TransformError};
 
 /// Editors and build tools write a file in several steps; wait for quiet before compiling.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -24,8 +24,14 @@ pub struct ChainWatcher {
 }
 
 impl ChainWatcher {
-    /// Watches the files of `modules` (the `--transform` entries); `current` are the running chain's hashes.
-    pub fn start(modules: &[PathBuf], config: &[String], current: &[String]) -> Result<Self, TransformError> {
+    /// Watches the files of `modules` (the `--transform` entries); `current` are the running
+    /// chain's hashes, and each new chain runs its guests under `limits`, as the running one does.
+    pub fn start(
+        modules: &[PathBuf],
+        config: &[String],
+        current: &[String],
+        limits: Limits,
+    ) -> Result<Self, TransformError> {
         let mut files: HashSet<(PathBuf, OsString)> = HashSet::new();
         for entry in modules {
             let spec = ModuleSpec::parse(entry)?;
@@ -56,7 +62,7 @@ impl ChainWatcher {
                     // Let the writer finish, and fold the burst of events it makes into one reload.
                     std::thread::sleep(SETTLE);
                     while events_rx.try_recv().is_ok() {}
-                    match TransformChain::load(&modules, &config) {
+                    match TransformChain::load_with(&modules, &config, limits) {
                         Ok(chain) if chain.hashes() == last.as_slice() => {}
                         Ok(chain) => {
                             tracing::info!(hashes = ?chain.hashes(), "compiled a new version of the transform chain");
