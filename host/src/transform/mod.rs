@@ -364,6 +364,17 @@ impl TransformChain {
         if self.modules.is_empty() {
             return changes.into_iter().map(|c| Ok(vec![c])).collect();
         }
+        // One module for every table, the common chain: its outcomes are the chain's.
+        if let [module] = self.modules.as_mut_slice()
+            && module.spec.table.is_none()
+        {
+            let mut outcomes = Vec::with_capacity(count);
+            let mut changes = changes.into_iter().peekable();
+            while changes.peek().is_some() {
+                outcomes.extend(module.call(changes.by_ref().take(self.limits.batch).collect(), ctx, &self.stop));
+            }
+            return outcomes;
+        }
         // The source table of each change decides which scoped modules see it.
         let sources: Vec<(String, String)> = if self.modules.iter().any(|m| m.spec.table.is_some()) {
             changes.iter().map(|c| (c.schema.clone(), c.table.clone())).collect()

@@ -418,11 +418,14 @@ struct Tables {
     by_name: HashMap<String, Vec<usize>>,
     /// Index is the table's id.
     shapes: Vec<Shape>,
+    /// The table of the last row: rows of one table come in runs.
+    last: Option<usize>,
 }
 
 /// What the rows of one table share.
 struct Shape {
     schema: String,
+    table: String,
     columns: Vec<(String, String)>,
     key: Vec<(String, String)>,
 }
@@ -446,10 +449,12 @@ impl Tables {
     /// The row for a change, its values lent; a table the instance has not
     /// been sent is added to `new`.
     fn row(&mut self, change: &mut Change, new: &mut Vec<v2::Table>) -> v2::Row {
-        let found = self
-            .by_name
-            .get(change.table.as_str())
-            .and_then(|ids| ids.iter().copied().find(|&id| self.shapes[id].fits(change)));
+        let fits = |id: usize| self.shapes[id].table == change.table && self.shapes[id].fits(change);
+        let found = self.last.filter(|&id| fits(id)).or_else(|| {
+            self.by_name
+                .get(change.table.as_str())
+                .and_then(|ids| ids.iter().copied().find(|&id| fits(id)))
+        });
         let id = found.unwrap_or_else(|| {
             let id = self.shapes.len();
             let defs = |columns: &[Column]| -> Vec<(String, String)> {
@@ -457,6 +462,7 @@ impl Tables {
             };
             let shape = Shape {
                 schema: change.schema.clone(),
+                table: change.table.clone(),
                 columns: defs(&change.columns),
                 key: defs(&change.key),
             };
@@ -479,6 +485,7 @@ impl Tables {
             self.shapes.push(shape);
             id
         });
+        self.last = Some(id);
         v2::Row {
             op: change.op.into(),
             table: id as u32,
