@@ -20,6 +20,7 @@ mod hygiene;
 mod identity;
 mod keys;
 mod large_transaction;
+mod metrics;
 mod partitions;
 mod privileges;
 mod refused_publish;

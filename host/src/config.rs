@@ -1,6 +1,7 @@
 //! Pipeline settings, resolved from flags, then environment, then a TOML file,
 //! then the defaults that replicate the seed table.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -17,6 +18,8 @@ pub const DEFAULT_MARIADB_URL: &str = "mysql://mariadb:mariadb@127.0.0.1:3306/re
 pub const DEFAULT_SLOT: &str = "wasmcdc";
 /// Default `--tables`.
 pub const DEFAULT_TABLES: &str = "public.itrequests";
+/// Default `--metrics-addr`.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 /// A setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,9 @@ pub enum ConfigError {
     /// A slot name PostgreSQL would refuse.
     #[error("--slot '{0}' is not a valid slot name; use 1 to 63 lower-case letters, digits and underscores")]
     BadSlot(String),
+    /// A `--metrics-addr` that is neither `HOST:PORT` nor `off`.
+    #[error("--metrics-addr '{0}' is not an address to listen on; use IP:PORT such as 127.0.0.1:9464, or off")]
+    BadMetricsAddr(String),
 }
 
 /// The keys a `--config` TOML file may set; the same names as the flags.
@@ -57,6 +63,8 @@ pub struct FileConfig {
     pub transform: Option<StringOrList>,
     /// Transform settings, `MODULE.KEY=VALUE`, as a list.
     pub transform_config: Option<StringOrList>,
+    /// Where to serve metrics, probes and the status page, or `off`.
+    pub metrics_addr: Option<String>,
 }
 
 /// A TOML value given either as `"a,b"` or as `["a", "b"]`.
@@ -107,6 +115,8 @@ pub struct Settings {
     pub transforms: Vec<PathBuf>,
     /// Transform settings, `MODULE.KEY=VALUE`.
     pub transform_config: Vec<String>,
+    /// Where to serve metrics, probes and the status page; `None` when `off`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Values given on the command line or in the environment (clap merges those two).
@@ -128,6 +138,8 @@ pub struct Overrides {
     pub transform_config: Vec<String>,
     /// `--config`.
     pub config: Option<PathBuf>,
+    /// `--metrics-addr`.
+    pub metrics_addr: Option<String>,
 }
 
 impl Settings {
@@ -181,7 +193,20 @@ impl Settings {
             tables,
             transforms,
             transform_config,
+            metrics_addr: metrics_addr(o.metrics_addr.or(file.metrics_addr))?,
         })
+    }
+}
+
+/// `--metrics-addr`: `off`, or an address to listen on (a host name is resolved once, here).
+fn metrics_addr(given: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+    let text = given.unwrap_or_else(|| DEFAULT_METRICS_ADDR.to_owned());
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match text.trim().to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Ok(Some(addr)),
+        _ => Err(ConfigError::BadMetricsAddr(text)),
     }
 }
 
@@ -221,6 +246,23 @@ mod tests {
         assert_eq!(s.slot, "wasmcdc");
         assert_eq!(s.tables, vec![TableName::parse("public.itrequests").expect("valid")]);
         assert!(s.transforms.is_empty());
+        assert_eq!(s.metrics_addr, Some(SocketAddr::from(([127, 0, 0, 1], 9464))));
+    }
+
+    #[test]
+    fn metrics_addr_is_an_address_or_off() {
+        let with = |a: &str| {
+            Settings::resolve(Overrides {
+                metrics_addr: Some(a.into()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(with("off").expect("off").metrics_addr, None);
+        assert_eq!(
+            with("0.0.0.0:9500").expect("address").metrics_addr,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9500)))
+        );
+        assert!(matches!(with("9464"), Err(ConfigError::BadMetricsAddr(_))));
     }
 
     #[test]

@@ -350,6 +350,7 @@ async fn retrying<T>(
         match write().await {
             Ok(v) => {
                 if let Some(since) = since {
+                    crate::observe::mariadb_recovered();
                     tracing::info!(
                         "MariaDB answers again after {} s; {what} succeeded",
                         since.elapsed().as_secs()
@@ -359,6 +360,7 @@ async fn retrying<T>(
             }
             Err(e) if is_transient(&e) => {
                 let since = *since.get_or_insert_with(Instant::now);
+                crate::observe::mariadb_retrying(what, &e);
                 tracing::warn!(
                     "MariaDB is unavailable while {what} ({e}); retrying in {} s (failing for {} s)",
                     delay.as_secs(),
@@ -982,6 +984,7 @@ async fn apply_units(
     units: &[Unit],
     max_bytes: usize,
 ) -> Result<(), sqlx::Error> {
+    let mut applied = crate::observe::Applied::begin();
     let mut tx = pool.begin().await?;
     let mut offset = offsets::lock(&mut tx, pipeline).await?;
     check_from(pipeline, from, offset)?;
@@ -994,6 +997,7 @@ async fn apply_units(
                 continue;
             }
             apply_changes(&mut tx, &transaction.changes, max_bytes).await?;
+            applied.add(transaction);
         }
         if let Some(to) = unit.to.filter(|to| *to > offset) {
             offset = to;
@@ -1003,7 +1007,9 @@ async fn apply_units(
     if let Some(transforms) = transforms.filter(|_| offset != start) {
         offsets::write(&mut tx, pipeline, offset, &transforms).await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    applied.committed();
+    Ok(())
 }
 
 /// One MariaDB transaction: staged chunks `0..index` and the final chunk, the offset, and an empty staging table.
@@ -1018,6 +1024,7 @@ async fn apply_staged(
     transforms: &[String],
     max_bytes: usize,
 ) -> Result<usize, sqlx::Error> {
+    let mut applied = crate::observe::Applied::begin();
     let mut tx = pool.begin().await?;
     let offset = offsets::lock(&mut tx, pipeline).await?;
     if offset >= commit_lsn {
@@ -1038,16 +1045,19 @@ async fn apply_staged(
         let chunk = decode_message(&body, pipeline).map_err(sqlx::Error::Protocol)?;
         for t in &chunk.transactions {
             apply_changes(&mut tx, &t.changes, max_bytes).await?;
+            applied.add(t);
             changes += t.changes.len();
         }
     }
     for t in &final_chunk.transactions {
         apply_changes(&mut tx, &t.changes, max_bytes).await?;
+        applied.add(t);
         changes += t.changes.len();
     }
     staging::delete_applied(&mut tx, pipeline, commit_lsn).await?;
     offsets::write(&mut tx, pipeline, commit_lsn, &transforms.join(",")).await?;
     tx.commit().await?;
+    applied.committed();
     Ok(changes)
 }
 

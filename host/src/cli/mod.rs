@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyError, Progress};
 use crate::config::{ConfigError, Overrides, Settings};
+use crate::observe::{self, ObserveError, Stage};
 use crate::pipeline::{Failure, NotDrained, Offsets, Refusal, supervise};
 use crate::queue::QueueError;
 use crate::queue::capture::{CaptureError, Transforms};
@@ -74,6 +75,9 @@ struct GlobalArgs {
     /// A TOML file with the same keys as these flags (flags and environment take precedence).
     #[arg(long, env = "WASMCDC_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where `run`, `capture` and `apply` serve /metrics, /healthz, /readyz and the status page, or `off` [default: 127.0.0.1:9464].
+    #[arg(long, env = "WASMCDC_METRICS_ADDR", global = true, value_name = "ADDR")]
+    metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +176,9 @@ pub enum Error {
     /// A stage that did not stop in time after shutdown.
     #[error(transparent)]
     NotDrained(#[from] NotDrained),
+    /// The metrics and status server.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
     /// A network step of a one-shot command got no answer in time.
     #[error("timed out after {secs} s while {step}; check that the server is reachable and not overloaded")]
     Timeout {
@@ -236,6 +243,7 @@ impl Cli {
             transforms: g.transforms.clone(),
             transform_config: g.transform_config.clone(),
             config: g.config.clone(),
+            metrics_addr: g.metrics_addr.clone(),
         })
     }
 }
@@ -258,18 +266,21 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
 async fn dispatch(command: Command, settings: &Settings, shutdown: &CancellationToken) -> Result<ExitCode, Error> {
     match command {
         Command::Run => {
+            let _observer = observe::start(settings, &[Stage::Capture, Stage::Apply], shutdown).await?;
             supervise("the pipeline", shutdown, async |up| {
                 run::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
         Command::Capture => {
+            let _observer = observe::start(settings, &[Stage::Capture], shutdown).await?;
             supervise("the capture", shutdown, async |up| {
                 capture::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
         Command::Apply => {
+            let _observer = observe::start(settings, &[Stage::Apply], shutdown).await?;
             supervise("the apply", shutdown, async |up| {
                 apply::run(settings, shutdown.clone(), up).await
             })
@@ -375,6 +386,7 @@ pub(super) fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
     for (path, hash) in settings.transforms.iter().zip(chain.hashes()) {
         tracing::info!(module = %path.display(), %hash, "transform loaded");
     }
+    observe::chain_loaded(&settings.transforms, chain.hashes());
     Ok(chain)
 }
 

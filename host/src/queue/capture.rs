@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::TableDef;
 use crate::catalog::TableName;
 use crate::change::{Change, Lsn, Message, Op, Transaction, TxContext};
+use crate::observe;
 use crate::queue::batcher::{Batcher, Limits, Outgoing};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
 use crate::source::relations::Relations;
@@ -296,6 +297,7 @@ impl Capture<'_> {
                     self.batcher.flush(&mut self.out);
                     tracing::info!(hashes = ?chain.hashes(), "swapped in the new transform chain");
                     self.batcher.set_transforms(chain.hashes().to_vec());
+                    observe::chain_swapped(chain.hashes());
                     self.chain = chain;
                 }
                 let context = TxContext {
@@ -318,6 +320,7 @@ impl Capture<'_> {
                 let Some(def) = self.relations.resolve(&mut change, context.commit_lsn).await? else {
                     return Ok(());
                 };
+                observe::captured(&change);
                 // Before any transform: a rewrite must see what the update left out. The
                 // whole old row is trusted only under FULL: a USING INDEX identity can
                 // look whole when an update leaves a TOASTed value out.
@@ -413,6 +416,7 @@ impl Capture<'_> {
             return Ok(());
         }
         for outgoing in std::mem::take(&mut self.out) {
+            observe::published(&outgoing.message);
             let confirm = self.broker.publish(&outgoing.message).await?;
             self.tracker
                 .send((outgoing.confirms, confirm))
@@ -449,7 +453,10 @@ pub(crate) async fn transform_change(
             .collect();
     }
     let table = change.qualified_table();
-    match guest_code(|| chain.apply(change.clone(), context)) {
+    let started = Instant::now();
+    let result = guest_code(|| chain.apply(change.clone(), context));
+    observe::transform_called(chain.hashes(), started, &result);
+    match result {
         Ok(changes) => out.extend(changes),
         Err(e) => {
             tracing::error!(%table, lsn = %context.commit_lsn, error = %e, "dead-lettering a change the transform chain refused");

@@ -97,6 +97,7 @@ pub async fn initial_copy(
             .await
             .map_err(query)?
             .get(0);
+        crate::observe::copy_started(&def.name, total);
         let exprs: Vec<String> = def
             .columns
             .iter()
@@ -156,6 +157,7 @@ pub async fn initial_copy(
             let fetched = rows.len();
             apply::write_rows(pool, &mut known, broker, pipeline, chain.hashes(), &context, &rows).await?;
             copied += fetched;
+            crate::observe::copied(&def.name, fetched);
             tracing::info!(table = %def.name, copied, total, "initial copy");
             if fetched == 0 {
                 break;
