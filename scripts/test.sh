@@ -8,6 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/services.sh
 rustup target add wasm32-wasip2 >/dev/null
 (cd transforms && cargo build --target wasm32-wasip2 --release && cargo test)
+bash scripts/languages.sh
 cargo build -p wasmcdc
 cargo test -p wasmcdc --lib --bins
 cargo test -p wasmcdc-tests -- --test-threads="${WASMCDC_TEST_THREADS:-2}"

@@ -336,3 +336,61 @@ async fn a_module_that_fails_to_load_leaves_the_running_version() {
     assert_status_names(&pipeline, &sha256_hex(&identity)).await;
     running.stop().await;
 }
+
+/// A compiled module is kept on disk, so that a restart, or a swap back to a
+/// version seen before, does not compile it again; an empty cache directory
+/// setting switches the cache off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_modules_are_cached_on_disk() {
+    let dir = std::env::temp_dir().join(unique("module-cache"));
+    // The compiled code: each file of the cache with its size and time of writing.
+    fn compiled(dir: &Path, found: &mut BTreeMap<PathBuf, (u64, std::time::SystemTime)>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let (path, meta) = (entry.path(), entry.metadata().expect("metadata"));
+            if meta.is_dir() {
+                compiled(&path, found);
+            } else if meta.len() > 10_000 {
+                found.insert(path, (meta.len(), meta.modified().expect("mtime")));
+            }
+        }
+    }
+    let snapshot = |dir: &Path| {
+        let mut found = BTreeMap::new();
+        compiled(dir, &mut found);
+        found
+    };
+    let check = |cache: &Path| {
+        let out = std::process::Command::new(crate::support::binary::binary())
+            .args(["transform", "check"])
+            .arg(guest("mask_columns"))
+            .env("WASMCDC_CACHE_DIR", cache)
+            .output()
+            .expect("transform check runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    check(&dir);
+    let deadline = Deadline::new("compiled code in the cache directory", secs(10));
+    while snapshot(&dir).is_empty() {
+        deadline.tick(&dir).await;
+    }
+    let first = snapshot(&dir);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    check(&dir);
+    assert_eq!(
+        snapshot(&dir),
+        first,
+        "the second start reads the compiled code and rewrites none"
+    );
+    let off = std::env::temp_dir().join(unique("no-cache"));
+    let out = std::process::Command::new(crate::support::binary::binary())
+        .args(["transform", "check"])
+        .arg(guest("mask_columns"))
+        .env("WASMCDC_CACHE_DIR", "")
+        .env("HOME", &off)
+        .env_remove("XDG_CACHE_HOME")
+        .output()
+        .expect("transform check runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!off.exists(), "an empty WASMCDC_CACHE_DIR writes no cache");
+    std::fs::remove_dir_all(&dir).ok();
+}

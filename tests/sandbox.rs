@@ -322,3 +322,75 @@ async fn a_sleeping_guest_never_stops_sigterm() {
         .await;
     assert!(started.elapsed() < secs(20), "took {:?}", started.elapsed());
 }
+
+/// The batched world: a transaction's changes reach the guest in one call, so
+/// one that traps, spins or sleeps must cost only its own change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_guest_fails_one_change_at_a_time() {
+    let env = Env::new("batched").await;
+    for table in ["orders", "panic", "spin", "sleep", "upper"] {
+        env.pg_exec(&format!(
+            "CREATE TABLE {table} (id INT PRIMARY KEY, note TEXT NOT NULL)"
+        ))
+        .await;
+    }
+    let pipeline = env
+        .pipeline()
+        .tables("public.orders,public.panic,public.spin,public.sleep,public.upper")
+        .transform(&guest("probe_batched"));
+    let mut running = env.start(&pipeline).await;
+    // One transaction mixes every behaviour, so that they share a batch.
+    env.pg_exec(
+        "BEGIN;
+         INSERT INTO orders VALUES (1, 'before');
+         INSERT INTO panic VALUES (1, 'x');
+         INSERT INTO upper VALUES (1, 'shout');
+         INSERT INTO spin VALUES (1, 'x');
+         INSERT INTO sleep VALUES (1, 'x');
+         INSERT INTO orders VALUES (2, 'after');
+         COMMIT;",
+    )
+    .await;
+    let letters = pipeline.wait_dead_letters(&mut running, 3).await;
+    let reason = |table: &str| -> String {
+        letters
+            .iter()
+            .find(|l| l.table == format!("public.{table}"))
+            .map(|l| l.reason.clone())
+            .unwrap_or_else(|| panic!("no dead letter for {table}: {letters:?}"))
+    };
+    assert!(reason("panic").contains("trapped"), "{}", reason("panic"));
+    assert!(
+        reason("spin").contains("ran for more than 100 ms"),
+        "{}",
+        reason("spin")
+    );
+    assert!(
+        reason("sleep").contains("waiting in a host call"),
+        "{}",
+        reason("sleep")
+    );
+    env.wait_target(
+        &pipeline,
+        &mut running,
+        ORDERS,
+        &vec![orders_row(1, "before"), orders_row(2, "after")],
+        secs(30),
+    )
+    .await;
+    env.wait_target(
+        &pipeline,
+        &mut running,
+        "SELECT CAST(id AS CHAR), note FROM upper",
+        &vec![orders_row(1, "SHOUT")],
+        secs(30),
+    )
+    .await;
+    assert_eq!(
+        letters.len(),
+        3,
+        "only the failing changes are dead-lettered: {letters:?}"
+    );
+    let (took, status) = running.terminate_within(secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "stopped in {took:?}: {status:?}");
+}

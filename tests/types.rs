@@ -482,3 +482,81 @@ async fn a_keyless_table_with_json_and_arrays_replicates() {
     pipeline.assert_verified().await;
     running.stop().await;
 }
+
+/// `transform test` over wal2json lines without type OIDs, with `--pg-url`:
+/// each type name is looked up in the catalog, and the values come out typed
+/// exactly as the stream, which carries the OIDs, types them. A name the
+/// catalog does not know is an error that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_test_types_by_the_catalog_with_pg_url() {
+    let env = Env::new("trialtypes").await;
+    env.pg_exec(
+        "CREATE DOMAIN posint AS integer CHECK (VALUE > 0); CREATE TYPE mood AS ENUM ('happy', 'sad');
+         CREATE TABLE t (a integer[], d posint, m mood, n numeric(10,2), z timestamptz, j jsonb)",
+    )
+    .await;
+    let oids = env
+        .pg_rows(
+            "SELECT attname::text, format_type(atttypid, atttypmod), atttypid::text FROM pg_attribute \
+             WHERE attrelid = 't'::regclass AND attnum > 0 ORDER BY attnum",
+        )
+        .await;
+    let values = [
+        r#""{1,2,NULL}""#,
+        "5",
+        r#""happy""#,
+        "12.50",
+        r#""2026-01-02 03:04:05+00""#,
+        r#""{\"k\": [1]}""#,
+    ];
+    let line = |with_oids: bool| -> String {
+        let columns: Vec<String> = oids
+            .iter()
+            .zip(values)
+            .map(|(row, value)| {
+                let (name, pg_type, oid) = (row[0].as_deref(), row[1].as_deref(), row[2].as_deref());
+                let (name, pg_type, oid) = (name.unwrap_or(""), pg_type.unwrap_or(""), oid.unwrap_or("0"));
+                let oid = if with_oids {
+                    format!(r#","typeoid":{oid}"#)
+                } else {
+                    String::new()
+                };
+                format!(r#"{{"name":"{name}","type":"{pg_type}"{oid},"value":{value}}}"#)
+            })
+            .collect();
+        format!(
+            r#"{{"action":"I","schema":"public","table":"t","columns":[{}]}}"#,
+            columns.join(",")
+        )
+    };
+    let identity = crate::support::binary::guest("identity").display().to_string();
+    let pipeline = env.pipeline();
+    let trial = async |input: String| -> String {
+        // The harness passes --pg-url.
+        let out = pipeline
+            .output_with_input(&["transform", "test", "--module", &identity], &input, secs(60))
+            .await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let as_streamed = trial(line(true)).await;
+    assert!(
+        as_streamed.contains(r#""type":"json","value":"[1,2,null]""#),
+        "{as_streamed}"
+    );
+    assert_eq!(
+        trial(line(false)).await,
+        as_streamed,
+        "typed by the catalog as by the OIDs"
+    );
+    let unknown =
+        r#"{"action":"I","schema":"public","table":"t","columns":[{"name":"n","type":"no_such_type","value":5}]}"#;
+    let out = pipeline
+        .output_with_input(&["transform", "test", "--module", &identity], unknown, secs(60))
+        .await;
+    assert!(!out.status.success());
+    crate::support::binary::assert_clean_error(
+        &String::from_utf8_lossy(&out.stderr),
+        &["line 1", "no_such_type", "--pg-url"],
+    );
+}

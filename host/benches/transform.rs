@@ -1,6 +1,9 @@
-//! Per-change cost of the identity component against no transform at all.
+//! Per-change cost of the identity component against no transform at all, in
+//! both worlds: the batched `@0.2.0` one (`identity`, batches of one source
+//! transaction) and the per-change `@0.1.0` one (`probe`, which passes other
+//! tables through).
 //!
-//! Build the component first (`cargo build --target wasm32-wasip2 --release`
+//! Build the components first (`cargo build --target wasm32-wasip2 --release`
 //! in `transforms/`), then: `cargo bench -p wasmcdc --bench transform`.
 
 use std::path::PathBuf;
@@ -36,15 +39,20 @@ fn seed_change(i: usize) -> Change {
     }
 }
 
+/// Changes per source transaction: what the capture gives the chain at once.
+const TRANSACTION: usize = 1_000;
+
 /// Best of several rounds, in nanoseconds per change.
 fn measure(chain: &mut TransformChain, changes: &[Change], ctx: &TxContext) -> f64 {
     let mut best = f64::MAX;
     for _ in 0..ROUNDS {
-        let batch = changes.to_vec();
+        let transactions: Vec<Vec<Change>> = changes.chunks(TRANSACTION).map(<[Change]>::to_vec).collect();
         let started = Instant::now();
         let mut out = 0usize;
-        for change in batch {
-            out += chain.apply(change, ctx).expect("transform").len();
+        for transaction in transactions {
+            for outcome in chain.apply_batch(transaction, ctx) {
+                out += outcome.expect("transform").len();
+            }
         }
         let ns = started.elapsed().as_nanos() as f64 / changes.len() as f64;
         assert_eq!(out, changes.len());
@@ -53,16 +61,20 @@ fn measure(chain: &mut TransformChain, changes: &[Change], ctx: &TxContext) -> f
     best
 }
 
-fn main() {
-    let identity = std::env::var_os("WASMCDC_IDENTITY").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../transforms/target/wasm32-wasip2/release/identity.wasm"),
-        PathBuf::from,
-    );
+fn component(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../transforms/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
     assert!(
-        identity.exists(),
+        path.exists(),
         "{} is missing; build it with `cargo build --target wasm32-wasip2 --release` in transforms/",
-        identity.display()
+        path.display()
     );
+    path
+}
+
+fn main() {
+    let identity = std::env::var_os("WASMCDC_IDENTITY").map_or_else(|| component("identity"), PathBuf::from);
     let changes: Vec<Change> = (0..CHANGES).map(seed_change).collect();
     let ctx = TxContext {
         xid: 1,
@@ -71,18 +83,25 @@ fn main() {
     };
     let mut none = TransformChain::load(&[], &[]).expect("empty chain");
     let mut with_identity = TransformChain::load(&[identity], &[]).expect("identity loads");
-    // Warm both paths once.
-    measure(&mut none, &changes[..1_000], &ctx);
-    measure(&mut with_identity, &changes[..1_000], &ctx);
+    let mut per_change = TransformChain::load(&[component("probe")], &[]).expect("probe loads");
+    // Warm every path once.
+    for chain in [&mut none, &mut with_identity, &mut per_change] {
+        measure(chain, &changes[..1_000], &ctx);
+    }
     let baseline = measure(&mut none, &changes, &ctx);
     let identity_ns = measure(&mut with_identity, &changes, &ctx);
-    println!("changes per round:        {CHANGES} (seed-table updates, best of {ROUNDS} rounds)");
-    println!("no transform:             {baseline:>9.1} ns/change");
-    println!("identity component:       {identity_ns:>9.1} ns/change");
+    let per_change_ns = measure(&mut per_change, &changes, &ctx);
     println!(
-        "overhead of identity:     {:>9.1} ns/change ({:.1}x the baseline)",
+        "changes per round:        {CHANGES} (seed-table updates, {TRANSACTION} per transaction, best of {ROUNDS} rounds)"
+    );
+    println!("no transform:             {baseline:>9.1} ns/change");
+    println!("identity, 0.2.0 batched:  {identity_ns:>9.1} ns/change");
+    println!("identity, 0.1.0 per call: {per_change_ns:>9.1} ns/change");
+    println!(
+        "overhead of identity:     {:>9.1} ns/change batched ({:.1}x the baseline), {:.1} ns/change per call",
         identity_ns - baseline,
-        identity_ns / baseline
+        identity_ns / baseline,
+        per_change_ns - baseline
     );
     println!(
         "identity throughput:      {:>9.0} changes/s on one thread",

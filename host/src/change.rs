@@ -135,6 +135,50 @@ impl Change {
     }
 }
 
+/// A table that a transform declares ahead, so that the apply creates it with
+/// these columns, types and key rather than inferring them from the first
+/// change that reaches it. Messages carry the declarations of their chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// Schema of the target table.
+    pub schema: String,
+    /// Target table name.
+    pub table: String,
+    /// Its columns, each with its PostgreSQL type.
+    pub columns: Vec<TargetColumn>,
+    /// The names of its primary-key columns, all among `columns`.
+    pub key: Vec<String>,
+}
+
+/// A declared column: its name and PostgreSQL type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetColumn {
+    /// Column name.
+    pub name: String,
+    /// PostgreSQL type as `format_type` prints it.
+    #[serde(rename = "type")]
+    pub pg_type: String,
+}
+
+impl Target {
+    /// Why the declaration cannot make a table, if it cannot.
+    pub fn fault(&self) -> Option<String> {
+        let name = format!("{}.{}", self.schema, self.table);
+        if self.schema.is_empty() || self.table.is_empty() {
+            return Some(format!("the declared target '{name}' needs a schema and a table name"));
+        }
+        if self.columns.is_empty() {
+            return Some(format!("the declared target {name} has no columns"));
+        }
+        if let Some(missing) = self.key.iter().find(|k| !self.columns.iter().any(|c| &c.name == *k)) {
+            return Some(format!(
+                "the key column {missing} of the declared target {name} is not among its columns"
+            ));
+        }
+        None
+    }
+}
+
 /// Where a change sits in its source transaction; given to transforms.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TxContext {
@@ -205,6 +249,10 @@ pub struct Message {
     /// even though the offset has moved past it, and it does not move the offset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay: bool,
+    /// The tables its chain declares ahead ([`Target`]); the apply creates a
+    /// missing target from its declaration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
     /// The transactions, in commit order.
     pub transactions: Vec<Transaction>,
 }
@@ -222,6 +270,7 @@ impl Message {
             transforms: transforms.to_vec(),
             chunk: None,
             replay: false,
+            targets: Vec::new(),
             transactions,
         }
     }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod change;
 pub mod cli;
 pub mod config;
+pub mod logs;
 pub mod observe;
 pub mod pipeline;
 pub mod queue;

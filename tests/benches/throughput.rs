@@ -2,6 +2,10 @@
 //! target's own write speed as the baseline from the same run.
 //!
 //! `cargo build --release -p wasmcdc && cargo bench -p wasmcdc-tests --bench throughput`
+//!
+//! The last figures put the identity transform beside no transform on one
+//! bulk insert (`BULK` rows in one statement), drained from the slot by two
+//! pipelines alike in everything else, alternately, `BULK_ROUNDS` times each.
 
 #[allow(dead_code, unused_imports)]
 #[path = "../support/mod.rs"]
@@ -9,11 +13,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Env, db};
+use support::binary::guest;
+use support::{Env, Pipeline, db};
 
 const ROWS: usize = 200_000;
 const ROWS_PER_TX: usize = 100;
 const LATENCY_SAMPLES: usize = 30;
+const BULK: usize = 200_000;
+const BULK_ROUNDS: usize = 3;
 
 const TABLE: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, customer int NOT NULL, item varchar(60) NOT NULL, \
                      amount numeric(10,2) NOT NULL, placed timestamptz NOT NULL, note text)";
@@ -22,6 +29,59 @@ async fn target_count(my: &sqlx::MySqlPool, table: &str) -> u64 {
     db::my_u64(my, &format!("SELECT CAST(COUNT(*) AS UNSIGNED) FROM {table}"))
         .await
         .unwrap_or(0)
+}
+
+/// Commits one `BULK`-row insert into `table` while `pipeline` is down, then
+/// times how long `pipeline` takes from its start to the last row in MariaDB.
+async fn bulk_drain(env: &Env, pipeline: &Pipeline, table: &str, round: usize) -> Duration {
+    let my = env.my(pipeline).await;
+    let first = round * BULK;
+    env.pg_exec(&format!(
+        "INSERT INTO {table} SELECT g, g % 977, 'item ' || g, (g % 1000) + 0.25, now(), NULL \
+         FROM generate_series({first}, {}) g",
+        first + BULK - 1
+    ))
+    .await;
+    let started = Instant::now();
+    let mut running = env.start(pipeline).await;
+    while target_count(&my, table).await < ((round + 1) * BULK) as u64 {
+        running.assert_alive();
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the bulk insert was not drained within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    running.stop().await;
+    took
+}
+
+/// The identity transform beside no transform, end to end: the best drain of each.
+async fn bulk_comparison(env: &Env) {
+    let plain = env.add_pipeline("plain").await.tables("public.bulk_plain");
+    let identity = env
+        .add_pipeline("ident")
+        .await
+        .tables("public.bulk_ident")
+        .transform(&guest("identity"));
+    for (pipeline, table) in [(&plain, "bulk_plain"), (&identity, "bulk_ident")] {
+        env.pg_exec(&TABLE.replace("CREATE TABLE orders", &format!("CREATE TABLE {table}")))
+            .await;
+        // The first start copies the empty table and creates the slot.
+        env.start(pipeline).await.stop().await;
+    }
+    let (mut none, mut with_identity) = (Duration::MAX, Duration::MAX);
+    for round in 0..BULK_ROUNDS {
+        none = none.min(bulk_drain(env, &plain, "bulk_plain", round).await);
+        with_identity = with_identity.min(bulk_drain(env, &identity, "bulk_ident", round).await);
+    }
+    println!(
+        "bulk insert of {BULK} rows, start to applied, best of {BULK_ROUNDS}: no transform {:.2} s, identity {:.2} s; identity costs {:+.1}%",
+        none.as_secs_f64(),
+        with_identity.as_secs_f64(),
+        (with_identity.as_secs_f64() / none.as_secs_f64() - 1.0) * 100.0
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -157,4 +217,5 @@ async fn main() {
         ms(samples[LATENCY_SAMPLES * 9 / 10]),
         ms(samples[LATENCY_SAMPLES - 1])
     );
+    bulk_comparison(&env).await;
 }

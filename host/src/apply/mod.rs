@@ -28,7 +28,7 @@ use self::assembler::{Assembler, Step};
 pub use self::sql::KnownColumns;
 use self::sql::{add_new_columns, apply_changes, statement_bytes};
 use crate::catalog::{KeyTooWide, TableDef, my_ident};
-use crate::change::{Change, Lsn, MESSAGE_FORMAT, Message, OLDEST_MESSAGE_FORMAT, Transaction, TxContext};
+use crate::change::{Change, Lsn, MESSAGE_FORMAT, Message, OLDEST_MESSAGE_FORMAT, Target, Transaction, TxContext};
 use crate::queue::{Broker, DeadLetter, QueueError};
 use crate::source::PgTarget;
 
@@ -228,12 +228,13 @@ pub async fn write_rows(
     broker: &Broker,
     pipeline: &str,
     transforms: &[String],
+    targets: &[Target],
     context: &TxContext,
     rows: &[Change],
 ) -> Result<(), ApplyError> {
     let max_bytes = statement_bytes(pool).await;
     // A transform may route copied rows to a table that does not exist yet, or add columns.
-    add_new_columns(pool, known, rows.iter())
+    add_new_columns(pool, known, targets, rows.iter())
         .await
         .map_err(|e| ApplyError::from(Refused::Data(e)))?;
     let write = async |rows: &[Change]| -> Result<(), sqlx::Error> {
@@ -413,6 +414,8 @@ struct Apply<'a> {
     opts: &'a ApplyOptions,
     shutdown: &'a CancellationToken,
     known: KnownColumns,
+    /// The tables the transform chain declared, as the latest messages carry them.
+    declared: Vec<Target>,
     statement_bytes: usize,
     assembler: Assembler,
     group: Group,
@@ -443,6 +446,7 @@ pub async fn run(
         opts,
         shutdown: &shutdown,
         known: KnownColumns::default(),
+        declared: Vec::new(),
         statement_bytes: statement_bytes(pool).await,
         assembler: Assembler::new(offset, staged),
         group: Group::default(),
@@ -501,6 +505,21 @@ pub async fn run(
     }
 }
 
+/// Keeps the declarations a message carries: a later message's declaration
+/// of a table replaces an earlier one, since it comes from a newer chain.
+fn learn_targets(declared: &mut Vec<Target>, targets: &[Target]) {
+    for target in targets {
+        match declared
+            .iter_mut()
+            .find(|t| (&t.schema, &t.table) == (&target.schema, &target.table))
+        {
+            Some(known) if known != target => known.clone_from(target),
+            Some(_) => {}
+            None => declared.push(target.clone()),
+        }
+    }
+}
+
 fn decode_message(body: &[u8], pipeline: &str) -> Result<Message, String> {
     let message: Message =
         serde_json::from_slice(body).map_err(|e| format!("the message body is not a wasmcdc change message: {e}"))?;
@@ -538,11 +557,18 @@ impl Apply<'_> {
                 return self.settle(tag).await;
             }
         };
+        learn_targets(&mut self.declared, &message.targets);
         if message.chunk.is_some() {
             // Columns added in PostgreSQL, before the final chunk applies every staged one.
-            let (pool, known) = (self.pool, &mut self.known);
+            let (pool, known, declared) = (self.pool, &mut self.known, &self.declared);
             retrying("adding new columns", self.shutdown, async || {
-                add_new_columns(pool, known, message.transactions.iter().flat_map(|t| &t.changes)).await
+                add_new_columns(
+                    pool,
+                    known,
+                    declared,
+                    message.transactions.iter().flat_map(|t| &t.changes),
+                )
+                .await
             })
             .await
             .map_err(ApplyError::from)?;
@@ -699,7 +725,7 @@ impl Apply<'_> {
         }
         let group = std::mem::take(&mut self.group);
         let (pool, pipeline, max_bytes) = (self.pool, self.pipeline, self.statement_bytes);
-        let known = &mut self.known;
+        let (known, declared) = (&mut self.known, &self.declared);
         let changes = || {
             group
                 .units
@@ -708,7 +734,7 @@ impl Apply<'_> {
                 .flat_map(|t| &t.changes)
         };
         retrying("adding new columns", self.shutdown, async || {
-            add_new_columns(pool, known, changes()).await
+            add_new_columns(pool, known, declared, changes()).await
         })
         .await
         .map_err(ApplyError::from)?;
@@ -820,9 +846,16 @@ impl Apply<'_> {
         let final_chunk = decode_message(last, pipeline).map_err(ApplyError::Database)?;
         // Columns added in PostgreSQL: the final chunk's changes are checked; earlier chunks
         // carried the same columns unless the table changed inside the transaction.
-        let known = &mut self.known;
+        learn_targets(&mut self.declared, &final_chunk.targets);
+        let (known, declared) = (&mut self.known, &self.declared);
         retrying("adding new columns", self.shutdown, async || {
-            add_new_columns(pool, known, final_chunk.transactions.iter().flat_map(|t| &t.changes)).await
+            add_new_columns(
+                pool,
+                known,
+                declared,
+                final_chunk.transactions.iter().flat_map(|t| &t.changes),
+            )
+            .await
         })
         .await
         .map_err(ApplyError::from)?;

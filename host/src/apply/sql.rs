@@ -8,7 +8,7 @@ use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, MySql, Row};
 
 use crate::catalog::{DATE_INFINITY, DATETIME_INFINITY, mariadb_datetime, my_ident, target_table};
-use crate::change::{Change, Column, Op, Value};
+use crate::change::{Change, Column, Op, Target, Value};
 
 /// The columns each target table is known to have, read once per table.
 pub type KnownColumns = HashMap<String, HashSet<String>>;
@@ -16,9 +16,13 @@ pub type KnownColumns = HashMap<String, HashSet<String>>;
 /// Adds columns that changes carry but their target table lacks (a column added
 /// in PostgreSQL), before the group's transaction: in MariaDB, DDL would commit
 /// that transaction half-way. Rows that existed before hold NULL in the new column.
+///
+/// A missing target that the chain declared ([`Target`]) is created from its
+/// declaration; any other from the first change that reaches it.
 pub(super) async fn add_new_columns<'a>(
     pool: &MySqlPool,
     known: &mut KnownColumns,
+    declared: &[Target],
     changes: impl Iterator<Item = &'a Change>,
 ) -> Result<(), sqlx::Error> {
     for change in changes.filter(|c| matches!(c.op, Op::Insert | Op::Update)) {
@@ -38,11 +42,22 @@ pub(super) async fn add_new_columns<'a>(
         }
         let Some(columns) = known.get_mut(&table) else { continue };
         // A table that does not exist has no columns: a transform routed the change
-        // to a new table, which is made from the change's typed columns.
+        // to a new table, which is made from its declaration or the change's typed columns.
         if columns.is_empty() {
-            create_target(pool, change).await?;
-            columns.extend(change.columns.iter().map(|c| c.name.clone()));
-            continue;
+            match declared
+                .iter()
+                .find(|t| t.schema == change.schema && t.table == change.table)
+            {
+                Some(target) => {
+                    create_declared(pool, target).await?;
+                    columns.extend(target.columns.iter().map(|c| c.name.clone()));
+                }
+                None => {
+                    create_target(pool, change).await?;
+                    columns.extend(change.columns.iter().map(|c| c.name.clone()));
+                    continue;
+                }
+            }
         }
         for column in &change.columns {
             if columns.contains(&column.name) {
@@ -103,16 +118,40 @@ async fn create_target(pool: &MySqlPool, change: &Change) -> Result<(), sqlx::Er
             .collect(),
         change.key.iter().map(|k| k.name.clone()).collect(),
     );
+    create_table(pool, &def, "from its typed columns").await
+}
+
+/// Creates a missing target that the transform chain declared, with the
+/// declared columns, types and key.
+async fn create_declared(pool: &MySqlPool, target: &Target) -> Result<(), sqlx::Error> {
+    let def = crate::catalog::TableDef::plain(
+        crate::catalog::TableName {
+            schema: target.schema.clone(),
+            name: target.table.clone(),
+        },
+        target
+            .columns
+            .iter()
+            .map(|c| crate::catalog::ColumnDef::named(&c.name, &c.pg_type))
+            .collect(),
+        target.key.clone(),
+    );
+    create_table(pool, &def, "as the transform declared it").await
+}
+
+/// Creates a routed change's target; a table MariaDB will not create is a [`NoTarget`].
+async fn create_table(pool: &MySqlPool, def: &crate::catalog::TableDef, how: &str) -> Result<(), sqlx::Error> {
+    let table = def.name.target();
     let refuse = |reason: String| {
         sqlx::Error::Configuration(Box::new(NoTarget {
             table: table.clone(),
             reason,
         }))
     };
-    let sql = crate::catalog::create_table_sql(&def).map_err(|e| refuse(e.to_string()))?;
+    let sql = crate::catalog::create_table_sql(def).map_err(|e| refuse(e.to_string()))?;
     match sqlx::query(AssertSqlSafe(sql)).execute(pool).await {
         Ok(_) => {
-            tracing::info!(%table, key = ?def.primary_key, "created the target of a routed change from its typed columns");
+            tracing::info!(%table, key = ?def.primary_key, "created the target of routed changes {how}");
             Ok(())
         }
         Err(e) if super::is_transient(&e) => Err(e),

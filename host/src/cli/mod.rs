@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyError, Progress};
 use crate::config::{ConfigError, Overrides, Settings};
+use crate::logs::LogFormat;
 use crate::observe::{self, ObserveError, Stage};
 use crate::pipeline::{Failure, NotDrained, Offsets, Refusal, supervise};
 use crate::queue::QueueError;
@@ -75,6 +76,16 @@ struct GlobalArgs {
     /// A TOML file with the same keys as these flags (flags and environment take precedence).
     #[arg(long, env = "WASMCDC_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log lines on stderr as text, or as JSON objects (one a line) for log shippers.
+    #[arg(
+        long,
+        env = "WASMCDC_LOG_FORMAT",
+        global = true,
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     /// Where `run`, `capture` and `apply` serve /metrics, /healthz, /readyz and the status page, or `off` [default: 127.0.0.1:9464].
     #[arg(long, env = "WASMCDC_METRICS_ADDR", global = true, value_name = "ADDR")]
     metrics_addr: Option<String>,
@@ -90,8 +101,9 @@ enum Command {
     Apply,
     /// Compare every replicated table in source and target; exit 0 only if they are equal.
     Verify,
-    /// Show slot lag, queue depth, the last applied LSN and the dead-letter count.
-    Status,
+    /// Show slot lag, queue depth, the last applied LSN and the dead-letter count; exit non-zero when stalled.
+    #[command(after_help = status::EXIT_CODES)]
+    Status(status::StatusArgs),
     /// Manage the replication slot.
     Slot {
         #[command(subcommand)]
@@ -133,6 +145,10 @@ enum DlqCommand {
 #[derive(Debug, Subcommand)]
 enum TransformCommand {
     /// Read change JSON or wal2json lines on stdin, print the transformed changes as JSON lines.
+    ///
+    /// wal2json lines without type OIDs are typed by their type names; with
+    /// --pg-url (or WASMCDC_PG_URL) each name is looked up in that database's
+    /// catalog, so domains, enums and arrays are typed as in production.
     Test {
         /// The component to run, or SCHEMA.TABLE=PATH; repeat to build a chain.
         #[arg(long = "module", required = true, value_name = "M.wasm")]
@@ -255,7 +271,9 @@ impl Cli {
 pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, Error> {
     let settings = cli.settings()?;
     let long_running = cli.long_running();
-    let work = dispatch(cli.command, &settings, &shutdown);
+    // `transform test` reads types from the catalog only when told where it is.
+    let catalog = cli.global.pg_url.is_some().then(|| settings.pg_url.clone());
+    let work = dispatch(cli.command, &settings, catalog, &shutdown);
     if long_running {
         work.await
     } else {
@@ -263,7 +281,12 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode, 
     }
 }
 
-async fn dispatch(command: Command, settings: &Settings, shutdown: &CancellationToken) -> Result<ExitCode, Error> {
+async fn dispatch(
+    command: Command,
+    settings: &Settings,
+    catalog: Option<String>,
+    shutdown: &CancellationToken,
+) -> Result<ExitCode, Error> {
     match command {
         Command::Run => {
             let _observer = observe::start(settings, &[Stage::Capture, Stage::Apply], shutdown).await?;
@@ -287,7 +310,7 @@ async fn dispatch(command: Command, settings: &Settings, shutdown: &Cancellation
             .await?
         }
         Command::Verify => return verify::run(settings).await,
-        Command::Status => status::run(settings).await?,
+        Command::Status(args) => return status::run(settings, args).await,
         Command::Dlq {
             command: DlqCommand::List { limit },
         } => dlq::list(settings, limit).await?,
@@ -297,7 +320,7 @@ async fn dispatch(command: Command, settings: &Settings, shutdown: &Cancellation
         Command::Slot {
             command: SlotCommand::Drop,
         } => slot::drop_pipeline(settings).await?,
-        Command::Transform { command } => transform::execute(command, settings).await?,
+        Command::Transform { command } => transform::execute(command, settings, catalog).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -390,21 +413,9 @@ pub(super) fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
     Ok(chain)
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level.
+/// Logs to stderr in the `--log-format`; `RUST_LOG` overrides the default level.
 pub fn init_logging(cli: &Cli) {
-    // status probes queues that may not exist, which the AMQP client would log as an error.
-    let default = match cli.command {
-        Command::Status => "info,lapin=off,sqlx=warn",
-        _ => "info,lapin=warn,sqlx=warn",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    crate::logs::init(cli.global.log_format, "info,lapin=warn,sqlx=warn");
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.

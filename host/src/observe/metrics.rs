@@ -32,7 +32,7 @@ pub const REPLICATION_LAG: &str = "wasmcdc_replication_lag_seconds";
 pub const QUEUE_MESSAGES: &str = "wasmcdc_queue_messages";
 /// Messages in the pipeline's dead-letter queue.
 pub const DEAD_LETTER_QUEUE_MESSAGES: &str = "wasmcdc_dead_letter_queue_messages";
-/// Seconds per call of the transform chain on one change, by module hash.
+/// Seconds per call of the transform chain (on a batch of a transaction's changes), by module hash.
 pub const TRANSFORM_CALL: &str = "wasmcdc_transform_call_seconds";
 /// Transform calls that failed, by kind (rejected, timeout, out_of_memory, trap) and module hash.
 pub const TRANSFORM_FAILURES: &str = "wasmcdc_transform_failures_total";
@@ -248,13 +248,19 @@ pub fn published(message: &Message) {
     s.with(|f| f.totals().published += n);
 }
 
-/// One change through the transform chain with `hashes`, called at `started`, gave `result`.
-pub fn transform_called<T, E: Display>(hashes: &[String], started: Instant, result: &Result<T, E>) {
+/// One call of the transform chain with `hashes` on a batch of a transaction's changes, begun at
+/// `started`; `failures` say why it refused the changes it refused.
+pub fn transform_called<'a, E: Display + 'a>(
+    hashes: &[String],
+    started: Instant,
+    failures: impl Iterator<Item = &'a E>,
+) {
     let Some(s) = status::get() else { return };
     let module = hashes.join(",");
     histogram!(TRANSFORM_CALL, "module" => module.clone()).record(started.elapsed().as_secs_f64());
-    if let Err(failure) = result {
-        counter!(TRANSFORM_FAILURES, "kind" => failure_kind(&failure.to_string()), "module" => module).increment(1);
+    for failure in failures {
+        counter!(TRANSFORM_FAILURES, "kind" => failure_kind(&failure.to_string()), "module" => module.clone())
+            .increment(1);
         s.with(|f| f.totals().transform_failures += 1);
     }
 }

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::change::{Change, Chunk, Lsn, Message, Transaction, TxContext};
+use crate::change::{Change, Chunk, Lsn, Message, Target, Transaction, TxContext};
 
 /// Limits for the messages the capture publishes.
 #[derive(Clone, Debug)]
@@ -65,6 +65,8 @@ pub struct Batcher {
     limits: Limits,
     /// Transform hashes stamped on the messages.
     transforms: Vec<String>,
+    /// The tables the chain declares ahead, carried by the messages for the apply.
+    targets: Vec<Target>,
     /// The `last_lsn` of the last message that completed its transactions: the next message's `prev_lsn`.
     stream: Lsn,
     batch: Vec<Transaction>,
@@ -95,6 +97,7 @@ impl Batcher {
             pipeline: pipeline.to_owned(),
             limits,
             transforms,
+            targets: Vec::new(),
             stream: start,
             batch: Vec::new(),
             batch_changes: 0,
@@ -117,9 +120,11 @@ impl Batcher {
         self.batch_since.map(|t| t + self.limits.linger)
     }
 
-    /// Transform hashes for messages from now on; the caller flushes first, so a message names one chain.
-    pub fn set_transforms(&mut self, transforms: Vec<String>) {
+    /// Transform hashes and declared tables for messages from now on; the
+    /// caller flushes first, so a message names one chain.
+    pub fn set_transforms(&mut self, transforms: Vec<String>, targets: Vec<Target>) {
         self.transforms = transforms;
+        self.targets = targets;
     }
 
     /// A transaction begins.
@@ -251,6 +256,7 @@ impl Batcher {
 
     fn message(&mut self, transactions: Vec<Transaction>, last_lsn: Lsn, chunk: Option<Chunk>) -> Message {
         let mut message = Message::new(&self.pipeline, &self.transforms, transactions, last_lsn);
+        message.targets.clone_from(&self.targets);
         message.prev_lsn = Some(self.stream);
         message.chunk = chunk;
         message

@@ -21,7 +21,7 @@ use crate::source::relations::Relations;
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
 use crate::transform::watch::ChainWatcher;
-use crate::transform::{TransformChain, guest_code};
+use crate::transform::{TransformChain, TransformError, guest_code};
 
 /// The dead-letter stage of a partition's own TRUNCATE, which `dlq replay` refuses.
 pub const PARTITION_STAGE: &str = "partition";
@@ -29,6 +29,10 @@ pub const PARTITION_STAGE: &str = "partition";
 /// Why the capture stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// A shutdown stopped the transform chain in the middle of a transaction,
+    /// which is therefore not published; the slot sends it again next time.
+    #[error("stopped while transforming a transaction")]
+    Stopped,
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -66,6 +70,8 @@ pub struct Transforms {
 struct Capture<'a> {
     pipeline: &'a str,
     broker: &'a Broker,
+    /// The shutdown signal, which also stops the chain between guest calls.
+    stop: CancellationToken,
     chain: TransformChain,
     /// The replicated tables, by the relation names wal2json prints.
     relations: Relations,
@@ -78,6 +84,9 @@ struct Capture<'a> {
     batcher: Batcher,
     /// The context of the transaction being read, for transforms and dead letters.
     open: Option<TxContext>,
+    /// Changes of the open transaction waiting for the chain, which takes them
+    /// in batches: at the commit, or as soon as a batch is full.
+    pending: Vec<Change>,
     /// Messages decided and not yet published.
     out: Vec<Outgoing>,
     received: Lsn,
@@ -125,7 +134,7 @@ pub async fn run(
     let session = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    let batcher = Batcher::new(
+    let mut batcher = Batcher::new(
         pipeline,
         opts.limits.clone(),
         transforms.chain.hashes().to_vec(),
@@ -133,16 +142,21 @@ pub async fn run(
         Instant::now(),
         session,
     );
+    batcher.set_transforms(transforms.chain.hashes().to_vec(), transforms.chain.targets().to_vec());
+    let mut chain = transforms.chain;
+    chain.stop_when(shutdown.clone());
     let mut capture = Capture {
         pipeline,
         broker,
-        chain: transforms.chain,
+        stop: shutdown.clone(),
+        chain,
         relations,
         truncating: None,
         next_chain: None,
         tracker: track_tx,
         batcher,
         open: None,
+        pending: Vec::new(),
         out: Vec::new(),
         received: start,
     };
@@ -168,7 +182,10 @@ pub async fn run(
                     match frame.map_err(|e| target.replication_error(e))? {
                         Frame::XLogData { start, data } => {
                             capture.received = capture.received.max(start);
-                            capture.on_output(&data).await?;
+                            match capture.on_output(&data).await {
+                                Err(CaptureError::Stopped) => return Ok(()),
+                                other => other?,
+                            }
                         }
                         Frame::Keepalive { wal_end, reply_requested } => {
                             capture.received = capture.received.max(wal_end);
@@ -296,7 +313,10 @@ impl Capture<'_> {
                     // Every message names one chain version: publish what the old one made first.
                     self.batcher.flush(&mut self.out);
                     tracing::info!(hashes = ?chain.hashes(), "swapped in the new transform chain");
-                    self.batcher.set_transforms(chain.hashes().to_vec());
+                    let mut chain = chain;
+                    chain.stop_when(self.stop.clone());
+                    self.batcher
+                        .set_transforms(chain.hashes().to_vec(), chain.targets().to_vec());
                     observe::chain_swapped(chain.hashes());
                     self.chain = chain;
                 }
@@ -344,26 +364,18 @@ impl Capture<'_> {
                     }
                     _ => self.truncating = None,
                 }
-                let Some(context) = self.open.as_ref() else {
-                    return Ok(());
-                };
-                let mut changes = Vec::new();
-                transform_change(
-                    self.pipeline,
-                    &mut self.chain,
-                    self.broker,
-                    change,
-                    &primary_key,
-                    context,
-                    &mut changes,
-                )
-                .await?;
-                for change in changes {
+                if self.chain.is_empty() {
                     self.batcher.change(change, &mut self.out);
+                } else {
+                    self.pending.push(with_insert_key(change, &primary_key));
+                    if self.pending.len() >= crate::transform::BATCH {
+                        self.transform_pending().await?;
+                    }
                 }
             }
             Event::Commit { commit_lsn } => {
                 self.truncating = None;
+                self.transform_pending().await?;
                 if self.open.take().is_none() {
                     return Err(SourceError::Replication("wal2json sent a commit outside a transaction".into()).into());
                 }
@@ -404,6 +416,22 @@ impl Capture<'_> {
         Ok(())
     }
 
+    /// Runs the changes waiting for the chain through it, in one batch, into the batcher.
+    async fn transform_pending(&mut self) -> Result<(), CaptureError> {
+        let (Some(context), false) = (self.open.as_ref(), self.pending.is_empty()) else {
+            return Ok(());
+        };
+        let changes = std::mem::take(&mut self.pending);
+        let mut out = Vec::with_capacity(changes.len());
+        if !transform_changes(self.pipeline, &mut self.chain, self.broker, changes, context, &mut out).await? {
+            return Err(CaptureError::Stopped);
+        }
+        for change in out {
+            self.batcher.change(change, &mut self.out);
+        }
+        Ok(())
+    }
+
     async fn tick(&mut self) -> Result<(), CaptureError> {
         self.relations.check().await?;
         self.batcher.tick(Instant::now(), &mut self.out);
@@ -428,55 +456,74 @@ impl Capture<'_> {
     }
 }
 
-/// Runs one change through the chain into `out`; a change the chain refuses is
-/// dead-lettered, untransformed, with the reason.
-///
-/// A transform sees an insert's key too: the new row's `primary_key` columns,
-/// so that a change it routes to a new table names the key that table needs.
-pub(crate) async fn transform_change(
-    pipeline: &str,
-    chain: &mut TransformChain,
-    broker: &Broker,
-    mut change: Change,
-    primary_key: &[String],
-    context: &TxContext,
-    out: &mut Vec<Change>,
-) -> Result<(), QueueError> {
-    if chain.is_empty() {
-        out.push(change);
-        return Ok(());
-    }
+/// An insert with its key filled in from its new row's `primary_key` columns:
+/// a transform sees it, so that a change it routes to a new table names the
+/// key that table needs.
+pub(crate) fn with_insert_key(mut change: Change, primary_key: &[String]) -> Change {
     if change.op == Op::Insert && change.key.is_empty() {
         change.key = primary_key
             .iter()
             .filter_map(|k| change.columns.iter().find(|c| &c.name == k).cloned())
             .collect();
     }
-    let table = change.qualified_table();
-    let started = Instant::now();
-    let result = guest_code(|| chain.apply(change.clone(), context));
-    observe::transform_called(chain.hashes(), started, &result);
-    match result {
-        Ok(changes) => out.extend(changes),
-        Err(e) => {
-            tracing::error!(%table, lsn = %context.commit_lsn, error = %e, "dead-lettering a change the transform chain refused");
-            let message = Message::new(
-                pipeline,
-                chain.hashes(),
-                vec![Transaction {
-                    context: context.clone(),
-                    changes: vec![change],
-                }],
-                context.commit_lsn,
-            );
-            let why = DeadLetter {
-                stage: "transform",
-                reason: e.to_string(),
-                lsn: context.commit_lsn.to_string(),
-                table,
-            };
-            broker.dead_letter_message(&message, &why).await?;
-        }
+    change
+}
+
+/// Runs changes of one transaction through the chain, in batches, into `out`;
+/// a change the chain refuses is dead-lettered, untransformed, with the reason.
+///
+/// Returns `false`, with `out` incomplete, when a shutdown stopped the chain
+/// first: the transaction must then not be published.
+pub(crate) async fn transform_changes(
+    pipeline: &str,
+    chain: &mut TransformChain,
+    broker: &Broker,
+    changes: Vec<Change>,
+    context: &TxContext,
+    out: &mut Vec<Change>,
+) -> Result<bool, QueueError> {
+    if chain.is_empty() {
+        out.extend(changes);
+        return Ok(true);
     }
-    Ok(())
+    // The untransformed changes, for the dead letters of those refused.
+    let originals = changes.clone();
+    let started = Instant::now();
+    let outcomes = guest_code(|| chain.apply_batch(changes, context));
+    observe::transform_called(
+        chain.hashes(),
+        started,
+        outcomes.iter().filter_map(|o| o.as_ref().err()),
+    );
+    if outcomes.iter().any(|o| matches!(o, Err(TransformError::Stopped))) {
+        return Ok(false);
+    }
+    for (change, outcome) in originals.into_iter().zip(outcomes) {
+        let e = match outcome {
+            Ok(changes) => {
+                out.extend(changes);
+                continue;
+            }
+            Err(e) => e,
+        };
+        let table = change.qualified_table();
+        tracing::error!(%table, lsn = %context.commit_lsn, error = %e, "dead-lettering a change the transform chain refused");
+        let message = Message::new(
+            pipeline,
+            chain.hashes(),
+            vec![Transaction {
+                context: context.clone(),
+                changes: vec![change],
+            }],
+            context.commit_lsn,
+        );
+        let why = DeadLetter {
+            stage: "transform",
+            reason: e.to_string(),
+            lsn: context.commit_lsn.to_string(),
+            table,
+        };
+        broker.dead_letter_message(&message, &why).await?;
+    }
+    Ok(true)
 }

@@ -420,6 +420,40 @@ impl Broker {
         Ok(q.consumer_count())
     }
 
+    /// What a passive declare tells about `queue`, or `None` if it does not exist.
+    ///
+    /// RabbitMQ closes the channel of a passive declare that finds no queue, so each probe
+    /// runs on a channel of its own. That absence is expected, and the client's error line
+    /// about it is kept out of the log; any other failure is an error.
+    pub async fn probe(&self, queue: &str) -> Result<Option<QueueState>, QueueError> {
+        let _expected = crate::logs::expect_noise(format!("no queue '{queue}'"));
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(broker("opening a channel"))?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(q) => {
+                let _ = channel.close(200, "bye".into()).await;
+                Ok(Some(QueueState {
+                    ready: q.message_count(),
+                    consumers: q.consumer_count(),
+                }))
+            }
+            Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == NOT_FOUND) => {
+                Ok(None)
+            }
+            Err(e) => Err(broker("inspecting a queue")(e)),
+        }
+    }
+
     /// Deletes the pipeline's exchanges and queues.
     pub async fn delete(&self) -> Result<(), QueueError> {
         let n = &self.names;
@@ -443,6 +477,18 @@ impl Broker {
         let _ = self.channel.close(200, "bye".into()).await;
         let _ = self.connection.close(200, "bye".into()).await;
     }
+}
+
+/// The AMQP reply code for a queue or exchange that does not exist.
+const NOT_FOUND: u16 = 404;
+
+/// One queue as a passive declare sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages ready for delivery; those delivered and not yet acknowledged are not counted.
+    pub ready: u32,
+    /// Consumers attached: the active apply and its standbys.
+    pub consumers: u32,
 }
 
 /// A publish awaiting the broker's confirm.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{self, ApplyError};
 use crate::catalog::{TableDef, pg_ident};
 use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
-use crate::queue::capture::transform_change;
+use crate::queue::capture::{transform_changes, with_insert_key};
 use crate::queue::{Broker, QueueError};
 use crate::source::replication::quote_ident;
 use crate::source::wal2json::{BYTEA, value_from_text};
@@ -55,6 +55,7 @@ pub async fn initial_copy(
 ) -> Result<Option<Lsn>, SnapshotError> {
     let targets: Vec<String> = defs.iter().map(|d| d.name.target()).collect();
     apply::begin_copy(pool, pipeline, &targets).await?;
+    chain.stop_when(shutdown.clone());
 
     // The exported snapshot lives as long as this connection stays idle.
     let mut repl = target.replication().await?;
@@ -126,7 +127,7 @@ pub async fn initial_copy(
                 .simple_query(&format!("FETCH {BATCH} FROM wasmcdc_copy"))
                 .await
                 .map_err(query)?;
-            let mut rows = Vec::with_capacity(BATCH);
+            let mut fetched_rows = Vec::with_capacity(BATCH);
             for message in messages {
                 let SimpleQueryMessage::Row(r) = message else { continue };
                 let mut columns = Vec::with_capacity(def.columns.len());
@@ -149,19 +150,40 @@ pub async fn initial_copy(
                     columns,
                     key: Vec::new(),
                 };
-                transform_change(pipeline, chain, broker, change, &def.primary_key, &context, &mut rows).await?;
+                fetched_rows.push(if chain.is_empty() {
+                    change
+                } else {
+                    with_insert_key(change, &def.primary_key)
+                });
             }
-            if rows.is_empty() && copied as i64 >= total {
-                break;
-            }
-            let fetched = rows.len();
-            apply::write_rows(pool, &mut known, broker, pipeline, chain.hashes(), &context, &rows).await?;
-            copied += fetched;
-            crate::observe::copied(&def.name, fetched);
-            tracing::info!(table = %def.name, copied, total, "initial copy");
+            // The cursor's end decides when the table is done, not what the
+            // chain kept: a filter may drop a whole batch.
+            let fetched = fetched_rows.len();
             if fetched == 0 {
                 break;
             }
+            let mut rows = Vec::with_capacity(fetched);
+            if !transform_changes(pipeline, chain, broker, fetched_rows, &context, &mut rows).await? {
+                tracing::info!(
+                    pipeline,
+                    "initial copy interrupted; it starts again from the beginning next time"
+                );
+                return Ok(None);
+            }
+            apply::write_rows(
+                pool,
+                &mut known,
+                broker,
+                pipeline,
+                chain.hashes(),
+                chain.targets(),
+                &context,
+                &rows,
+            )
+            .await?;
+            copied += fetched;
+            crate::observe::copied(&def.name, fetched);
+            tracing::info!(table = %def.name, copied, total, "initial copy");
         }
         pg.batch_execute("CLOSE wasmcdc_copy").await.map_err(query)?;
         tracing::info!(table = %def.name, rows = copied, seconds = started.elapsed().as_secs_f64(), "copied");

@@ -1,55 +1,38 @@
 //! The transform chain: sandboxed WebAssembly components, run in order, that
 //! map each change to zero, one or several changes.
 //!
-//! This is the only module that sees the types generated from `wit/`; it
-//! converts them to and from [`crate::change`] at its boundary.
+//! `wit` holds the generated types of both worlds and is the only place that
+//! converts them to and from [`crate::change`]; `module` runs one component
+//! in whichever world it exports; `sandbox` is what every guest runs inside.
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use tokio_util::sync::CancellationToken;
 
 pub mod watch;
 
-use crate::catalog::TableName;
-use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
-use crate::source::wal2json::{self, Event};
+mod check;
+mod module;
+mod sandbox;
+mod trial;
+mod wit;
 
-mod wit {
-    // Async, so that a guest waiting in a host call (a sleep, a poll, a read)
-    // can be abandoned at its deadline: see `Module::run`.
-    wasmtime::component::bindgen!({ path: "../wit/v0.1", world: "transformer", exports: { default: async } });
-    pub use self::wasmcdc::transform::types::*;
-}
+pub use check::{CheckReport, check};
+pub use module::Outcome;
+pub use trial::{TypeOids, run_test};
+
+use crate::catalog::TableName;
+use crate::change::{Change, Target, TxContext};
+use module::Module;
 
 /// Stack size for host threads that call [`TransformChain::apply`]: well above the wasm stack.
 pub const THREAD_STACK: usize = 8 << 20;
-/// Wasm stack per call; exhausting the host's own stack would abort the process.
-const MAX_WASM_STACK: usize = 512 * 1024;
-/// How often the engine's epoch advances.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Epoch ticks a single guest call may run: about 100 ms.
-const CALL_TICKS: u64 = 10;
-/// Wall-clock time a single guest call may take, waiting in host calls included.
-const CALL_LIMIT: Duration = Duration::from_millis(EPOCH_TICK.as_millis() as u64 * CALL_TICKS);
-/// Linear memory per instance.
-const MEMORY_LIMIT: usize = 64 << 20;
-/// Enough for a component's core instances, tables and memories, and no more.
-const INSTANCE_LIMIT: usize = 16;
-const TABLE_LIMIT: usize = 16;
-const TABLE_ELEMENTS: usize = 20_000;
-const MEMORY_COUNT: usize = 4;
-/// Guest output kept per stream and call; the rest is dropped, not trapped on.
-const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Changes given to a module in one call: a transaction, or a slice of a
+/// large one. Large enough that the fixed cost of a call vanishes, small
+/// enough that the batch's deadline stays short.
+pub const BATCH: usize = 256;
+
 /// Runs guest code (load, init, transform) from anywhere, async code included.
 ///
 /// wasmtime-wasi flushes a guest's stdout and stderr by blocking on the ambient
@@ -88,7 +71,7 @@ pub enum TransformError {
     NotComponent { path: PathBuf, reason: String },
     /// The component does not fit the `transformer` world or needs imports the host withholds.
     #[error(
-        "transform '{module}' does not fit the wasmcdc:transform@0.1.0 `transformer` world ({reason}); export `init` and `transform` and import nothing beyond WASI 0.2 without files or network"
+        "transform '{module}' fits neither the wasmcdc:transform@0.2.0 nor the @0.1.0 `transformer` world ({reason}); export `init` and `transform` as wit/world.wit says, and import nothing beyond WASI 0.2 without files or network"
     )]
     Incompatible { module: String, reason: String },
     /// Instantiation or `init` trapped.
@@ -123,6 +106,12 @@ pub enum TransformError {
         "line {line} is not a change: {reason}; give one change per line as JSON, for example {{\"op\":\"insert\",\"schema\":\"public\",\"table\":\"t\",\"columns\":[]}}, or wal2json format-version 2 lines as pg_recvlogical prints them"
     )]
     BadInput { line: usize, reason: String },
+    /// A type of a trial input line could not be looked up in the catalog.
+    #[error("line {line}: {reason}; check that --pg-url names the database the lines came from")]
+    UnknownType { line: usize, reason: String },
+    /// The chain was told to stop (a shutdown) before it reached the change.
+    #[error("the transform chain stopped for a shutdown before it reached the change")]
+    Stopped,
     /// A trial input line could not be transformed.
     #[error("line {line}: {error}")]
     AtLine { line: usize, error: Box<TransformError> },
@@ -132,6 +121,27 @@ pub enum TransformError {
     /// The trial output could not be written.
     #[error("the output could not be written ({0}); check that its destination accepts writes")]
     Write(std::io::Error),
+}
+
+impl TransformError {
+    /// The same start-up failure again, for each further change of the batch it stopped.
+    fn again(&self) -> Self {
+        match self {
+            Self::Engine(reason) => Self::Engine(reason.clone()),
+            Self::Init { module, message } => Self::Init {
+                module: module.clone(),
+                message: message.clone(),
+            },
+            Self::Start { module, reason } => Self::Start {
+                module: module.clone(),
+                reason: reason.clone(),
+            },
+            other => Self::Start {
+                module: String::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 /// One `--transform` entry: a module file, applied to every change or only to
@@ -235,6 +245,11 @@ fn split_config(names: &[String], entries: &[String]) -> Result<Vec<Vec<(String,
 pub struct TransformChain {
     modules: Vec<Module>,
     hashes: Vec<String>,
+    targets: Vec<Target>,
+    /// Cancelled when the process shuts down: a batch whose changes each wait
+    /// out a deadline stops between calls, so SIGTERM is never held up by more
+    /// than one call.
+    stop: CancellationToken,
 }
 
 impl TransformChain {
@@ -252,20 +267,40 @@ impl TransformChain {
         let configs = split_config(&names, config)?;
         let mut loaded = Vec::with_capacity(specs.len());
         let mut hashes = Vec::with_capacity(specs.len());
+        let mut targets: Vec<Target> = Vec::new();
         for (spec, config) in specs.into_iter().zip(configs) {
             let (module, hash) = Module::load(spec, config)?;
+            tracing::info!(module = %module.name, world = module.world(), %hash, "loaded transform");
+            // A later module's declaration of the same table wins: it is closer to the apply.
+            for target in &module.targets {
+                targets.retain(|t| (&t.schema, &t.table) != (&target.schema, &target.table));
+                targets.push(target.clone());
+            }
             loaded.push(module);
             hashes.push(hash);
         }
         Ok(Self {
             modules: loaded,
             hashes,
+            targets,
+            stop: CancellationToken::new(),
         })
+    }
+
+    /// Makes the chain stop between guest calls once `token` is cancelled;
+    /// the changes it did not reach end as [`TransformError::Stopped`].
+    pub fn stop_when(&mut self, token: CancellationToken) {
+        self.stop = token;
     }
 
     /// SHA-256 (hex) of each module file, in chain order.
     pub fn hashes(&self) -> &[String] {
         &self.hashes
+    }
+
+    /// The tables the chain's modules declare ahead, for the apply to create.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
     }
 
     /// Whether the chain has no modules and so passes changes through.
@@ -274,776 +309,104 @@ impl TransformChain {
     }
 
     /// Runs one change through every module, in order, that applies to its source table.
+    pub fn apply(&mut self, change: Change, ctx: &TxContext) -> Outcome {
+        match self.apply_batch(vec![change], ctx).pop() {
+            Some(outcome) => outcome,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Runs changes of one transaction through the chain: each module that
+    /// applies to a change's source table sees it, in chain order, and each
+    /// module gets its changes in one call per [`BATCH`]. Returns one outcome
+    /// per change, in order; a change that a module refuses or fails on is an
+    /// error on its own, and nothing derived from it goes further.
     ///
     /// A module limited to a table sees every change derived from that
     /// table's change, even after an earlier module renamed or routed it.
-    pub fn apply(&mut self, change: Change, ctx: &TxContext) -> Result<Vec<Change>, TransformError> {
-        let (schema, table) = (change.schema.as_str(), change.table.as_str());
-        let mut active: Vec<&mut Module> = self
-            .modules
-            .iter_mut()
-            .filter(|module| module.spec.applies_to(schema, table))
-            .collect();
-        if active.is_empty() {
-            return Ok(vec![change]);
+    pub fn apply_batch(&mut self, changes: Vec<Change>, ctx: &TxContext) -> Vec<Outcome> {
+        let count = changes.len();
+        if self.modules.is_empty() {
+            return changes.into_iter().map(|c| Ok(vec![c])).collect();
         }
-        let ctx = wit::TxContext::from(ctx);
-        let mut changes = vec![wit::Change::from(change)];
-        for module in &mut active {
-            let mut next = Vec::with_capacity(changes.len());
-            for change in &changes {
-                next.extend(module.call(change, &ctx)?);
-            }
-            changes = next;
-        }
-        Ok(changes.into_iter().map(Change::from).collect())
-    }
-}
-
-/// What `wasmcdc transform check` learned about a module that fits the world.
-#[derive(Debug)]
-pub struct CheckReport {
-    /// The module file.
-    pub path: PathBuf,
-    /// SHA-256 (hex) of the file, as messages record it.
-    pub hash: String,
-    /// Each export as `name (kind)`.
-    pub exports: Vec<String>,
-    /// Each import as `name (kind)`.
-    pub imports: Vec<String>,
-    /// What `init` answered to an empty configuration.
-    pub init: Result<(), String>,
-}
-
-impl std::fmt::Display for CheckReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "module: {}", self.path.display())?;
-        writeln!(f, "sha256: {}", self.hash)?;
-        writeln!(f, "exports:")?;
-        for export in &self.exports {
-            writeln!(f, "  {export}")?;
-        }
-        writeln!(f, "imports:")?;
-        for import in &self.imports {
-            writeln!(f, "  {import}")?;
-        }
-        match &self.init {
-            Ok(()) => writeln!(f, "init: accepts an empty configuration")?,
-            Err(message) => writeln!(
-                f,
-                "init: needs configuration (with none it answered: {message}); give it with --transform-config {}.KEY=VALUE",
-                module_name(&self.path)
-            )?,
-        }
-        write!(f, "valid: it fits the wasmcdc:transform@0.1.0 `transformer` world")
-    }
-}
-
-/// Validates a module against the WIT world: compiles it, starts it, and
-/// calls `init` with no configuration. A module that refuses an empty
-/// configuration is still valid; the report says so.
-pub fn check(path: &Path) -> Result<CheckReport, TransformError> {
-    let spec = ModuleSpec {
-        path: path.to_owned(),
-        table: None,
-    };
-    let (component, pre, hash) = Module::compile(&spec.path)?;
-    let module = Module {
-        name: spec.path.display().to_string(),
-        spec,
-        config: Vec::new(),
-        pre,
-        instance: None,
-        runtime: GuestRuntime::new()?,
-    };
-    let init = match module.start() {
-        Ok(_) => Ok(()),
-        Err(TransformError::Init { message, .. }) => Err(message),
-        Err(e) => return Err(e),
-    };
-    let engine = engine()?;
-    let ty = component.component_type();
-    let describe =
-        |name: &str, item: &wasmtime::component::types::ComponentItem| format!("{name} ({})", item_kind(item));
-    Ok(CheckReport {
-        path: path.to_owned(),
-        hash,
-        exports: ty
-            .exports(engine)
-            .map(|(name, item)| describe(name, &item.ty))
-            .collect(),
-        imports: ty
-            .imports(engine)
-            .map(|(name, item)| describe(name, &item.ty))
-            .collect(),
-        init,
-    })
-}
-
-/// A component item's kind, in words.
-fn item_kind(item: &wasmtime::component::types::ComponentItem) -> &'static str {
-    use wasmtime::component::types::ComponentItem;
-    match item {
-        ComponentItem::ComponentFunc(_) => "function",
-        ComponentItem::CoreFunc(_) => "core function",
-        ComponentItem::Module(_) => "core module",
-        ComponentItem::Component(_) => "component",
-        ComponentItem::ComponentInstance(_) => "instance",
-        ComponentItem::Type(_) => "type",
-        ComponentItem::Resource(_) => "resource",
-    }
-}
-
-/// Offline trial: reads changes, one per line, and writes each resulting change as a JSON line.
-///
-/// A line is either a change in the host's JSON form (the serde form of
-/// [`Change`]) or a wal2json format-version 2 line as `pg_recvlogical`
-/// prints it. A wal2json `B` line sets the transaction context that guests
-/// see for the changes after it; `C` and `M` lines are skipped.
-pub fn run_test(
-    modules: &[PathBuf],
-    config: &[String],
-    input: impl BufRead,
-    mut output: impl Write,
-) -> Result<(), TransformError> {
-    let mut chain = TransformChain::load(modules, config)?;
-    // Trial changes have no source transaction unless a wal2json B line gives
-    // one; guests see a fixed, recognisable one.
-    let mut ctx = TxContext {
-        xid: 0,
-        commit_lsn: Lsn(0),
-        commit_time: "1970-01-01 00:00:00+00".to_owned(),
-    };
-    for (index, line) in input.lines().enumerate() {
-        let line_no = index + 1;
-        let line = line.map_err(TransformError::Read)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |reason: String| TransformError::BadInput { line: line_no, reason };
-        let object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let change = if object.contains_key("action") {
-            match wal2json::decode(line.as_bytes()) {
-                // Without the table's column list, only a whole old row (REPLICA
-                // IDENTITY FULL) tells what an update left out.
-                Ok(Event::Change { mut change, old_row }) => {
-                    wal2json::complete_update(&mut change, old_row, &[]);
-                    change
-                }
-                Ok(Event::Begin {
-                    xid,
-                    commit_lsn,
-                    commit_time,
-                }) => {
-                    ctx = TxContext {
-                        xid,
-                        commit_lsn,
-                        commit_time,
-                    };
+        // The source table of each change decides which scoped modules see it.
+        let sources: Vec<(String, String)> = if self.modules.iter().any(|m| m.spec.table.is_some()) {
+            changes.iter().map(|c| (c.schema.clone(), c.table.clone())).collect()
+        } else {
+            Vec::new()
+        };
+        let mut failed: Vec<Option<TransformError>> = (0..count).map(|_| None).collect();
+        // Every change in flight, with the index of the change it came from.
+        let mut items: Vec<(usize, Change)> = changes.into_iter().enumerate().collect();
+        for module in &mut self.modules {
+            let applies = |origin: usize| match sources.get(origin) {
+                Some((schema, table)) => module.spec.applies_to(schema, table),
+                None => true,
+            };
+            let mut sent = Vec::new();
+            let mut order = Vec::with_capacity(items.len());
+            for (origin, change) in items {
+                if failed[origin].is_some() {
                     continue;
                 }
-                Ok(Event::Commit { .. } | Event::Message) => continue,
-                // B and C lines lack LSNs unless include-lsn is on; they carry no change.
-                Err(_) if matches!(object["action"].as_str(), Some("B" | "C")) => continue,
-                Err(e) => return Err(bad(e.to_string())),
-            }
-        } else {
-            serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| bad(e.to_string()))?
-        };
-        let changes = chain.apply(change, &ctx).map_err(|e| TransformError::AtLine {
-            line: line_no,
-            error: Box::new(e),
-        })?;
-        for change in changes {
-            serde_json::to_writer(&mut output, &change).map_err(|e| TransformError::Write(e.into()))?;
-            output.write_all(b"\n").map_err(TransformError::Write)?;
-        }
-    }
-    output.flush().map_err(TransformError::Write)
-}
-
-/// One compiled component and its live instance.
-struct Module {
-    name: String,
-    spec: ModuleSpec,
-    /// What `init` receives, on the first start and on every restart.
-    config: Vec<(String, String)>,
-    pre: wit::TransformerPre<Guest>,
-    /// `None` after a failure: the next call starts a fresh instance, because
-    /// a trapped instance cannot be entered again.
-    instance: Option<Instance>,
-    /// Drives guest calls, with the timers that WASI clocks and the call deadline use.
-    runtime: GuestRuntime,
-}
-
-impl Module {
-    fn load(spec: ModuleSpec, config: Vec<(String, String)>) -> Result<(Self, String), TransformError> {
-        let (_, pre, hash) = Self::compile(&spec.path)?;
-        let mut module = Self {
-            name: spec.path.display().to_string(),
-            spec,
-            config,
-            pre,
-            instance: None,
-            runtime: GuestRuntime::new()?,
-        };
-        // Starting it now reports a module that cannot run at load time, not on the first change.
-        module.instance = Some(module.start()?);
-        Ok((module, hash))
-    }
-
-    /// Reads, hashes and compiles a component, and links it against the host.
-    fn compile(path: &Path) -> Result<(Component, wit::TransformerPre<Guest>, String), TransformError> {
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => TransformError::Missing(path.to_owned()),
-            _ => TransformError::Unreadable {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            },
-        })?;
-        let hash = hex::encode(Sha256::digest(&bytes));
-        let engine = engine()?;
-        let not_component = |reason: String| TransformError::NotComponent {
-            path: path.to_owned(),
-            reason,
-        };
-        if !bytes.starts_with(b"\0asm") {
-            return Err(not_component("the file is not WebAssembly".to_owned()));
-        }
-        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
-            return Err(not_component(
-                "it is a core module, as built for wasm32-unknown-unknown or wasm32-wasip1".to_owned(),
-            ));
-        }
-        // Compiled from the bytes just hashed, so the hash names exactly what runs.
-        let component = Component::from_binary(engine, &bytes).map_err(|e| not_component(error_text(&e)))?;
-        let name = path.display().to_string();
-        let incompatible = |e: wasmtime::Error| TransformError::Incompatible {
-            module: name.clone(),
-            reason: error_text(&e),
-        };
-        let mut linker = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(incompatible)?;
-        let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
-        let pre = wit::TransformerPre::new(pre).map_err(incompatible)?;
-        Ok((component, pre, hash))
-    }
-
-    fn start(&self) -> Result<Instance, TransformError> {
-        let stdout = GuestOutput::default();
-        let stderr = GuestOutput::default();
-        // The defaults already deny files, environment, arguments and stdin;
-        // sockets are switched off outright.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(MEMORY_LIMIT)
-            .table_elements(TABLE_ELEMENTS)
-            .instances(INSTANCE_LIMIT)
-            .tables(TABLE_LIMIT)
-            .memories(MEMORY_COUNT)
-            .build();
-        let guest = Guest {
-            wasi,
-            table: ResourceTable::new(),
-            limits: Limits {
-                inner: limits,
-                memory_denied: false,
-            },
-        };
-        let mut store = Store::new(engine()?, guest);
-        store.limiter(|guest| &mut guest.limits);
-        // Instantiation runs the guest's start code, which needs a deadline too.
-        store.set_epoch_deadline(CALL_TICKS);
-        let started = self.runtime.run(self.pre.instantiate_async(&mut store));
-        let mut instance = match started {
-            Some(Ok(bindings)) => Instance {
-                store,
-                bindings,
-                stdout,
-                stderr,
-            },
-            failed => {
-                let reason = match failed {
-                    Some(Err(e)) => describe_failure(&self.name, &e, &store),
-                    _ => waited_too_long(),
-                };
-                log_output(&self.name, &stdout, &stderr);
-                return Err(TransformError::Start {
-                    module: self.name.clone(),
-                    reason,
-                });
-            }
-        };
-        instance.store.set_epoch_deadline(CALL_TICKS);
-        let result = self
-            .runtime
-            .run(instance.bindings.call_init(&mut instance.store, &self.config));
-        instance.log_output(&self.name);
-        match result {
-            Some(Ok(Ok(()))) => Ok(instance),
-            Some(Ok(Err(message))) => Err(TransformError::Init {
-                module: self.name.clone(),
-                message,
-            }),
-            Some(Err(e)) => Err(TransformError::Start {
-                module: self.name.clone(),
-                reason: describe_failure(&self.name, &e, &instance.store),
-            }),
-            None => Err(TransformError::Start {
-                module: self.name.clone(),
-                reason: waited_too_long(),
-            }),
-        }
-    }
-
-    fn call(&mut self, change: &wit::Change, ctx: &wit::TxContext) -> Result<Vec<wit::Change>, TransformError> {
-        let instance = match &mut self.instance {
-            Some(instance) => instance,
-            None => self.instance.insert(self.start()?),
-        };
-        instance.store.data_mut().limits.memory_denied = false;
-        instance.store.set_epoch_deadline(CALL_TICKS);
-        let result = self
-            .runtime
-            .run(instance.bindings.call_transform(&mut instance.store, change, ctx));
-        instance.log_output(&self.name);
-        let Some(result) = result else {
-            self.instance = None;
-            return Err(TransformError::Failed {
-                module: self.name.clone(),
-                reason: waited_too_long(),
-            });
-        };
-        match result {
-            Ok(Ok(changes)) => {
-                let bytes: usize = changes.iter().map(result_bytes).sum();
-                if changes.len() > MAX_RESULT_CHANGES || bytes > MAX_RESULT_BYTES {
-                    return Err(TransformError::Failed {
-                        module: self.name.clone(),
-                        reason: format!(
-                            "it returned {} changes ({bytes} bytes of values) for one change; at most {MAX_RESULT_CHANGES} changes and {} MiB are allowed",
-                            changes.len(),
-                            MAX_RESULT_BYTES >> 20
-                        ),
-                    });
+                if applies(origin) {
+                    order.push((origin, None));
+                    sent.push(change);
+                } else {
+                    order.push((origin, Some(change)));
                 }
-                Ok(changes)
             }
-            Ok(Err(message)) => Err(TransformError::Rejected {
-                module: self.name.clone(),
-                message,
-            }),
-            Err(e) => {
-                let reason = describe_failure(&self.name, &e, &instance.store);
-                self.instance = None;
-                Err(TransformError::Failed {
-                    module: self.name.clone(),
-                    reason,
-                })
+            let mut results = Vec::with_capacity(sent.len());
+            let mut sent = sent.into_iter().peekable();
+            while sent.peek().is_some() {
+                results.extend(module.call(sent.by_ref().take(BATCH).collect(), ctx, &self.stop));
+            }
+            let mut results = results.into_iter();
+            items = Vec::with_capacity(order.len());
+            for (origin, passed) in order {
+                match passed {
+                    Some(change) => items.push((origin, change)),
+                    None => match results.next() {
+                        Some(Ok(changes)) => items.extend(changes.into_iter().map(|c| (origin, c))),
+                        Some(Err(e)) => {
+                            failed[origin].get_or_insert(e);
+                        }
+                        None => {
+                            failed[origin].get_or_insert(TransformError::Failed {
+                                module: module.name.clone(),
+                                reason: "it gave no outcome for the change".to_owned(),
+                            });
+                        }
+                    },
+                }
             }
         }
-    }
-}
-
-/// A guest abandoned at its deadline while it waited in a host call.
-fn waited_too_long() -> String {
-    format!(
-        "it took more than {} ms, waiting in a host call (a sleep, a poll or a read)",
-        CALL_LIMIT.as_millis()
-    )
-}
-
-/// A single-threaded runtime for one module's guest calls.
-///
-/// Guest calls are async so that one waiting in WASI (a clock subscription, a
-/// poll, a read) is a pending future, which the call deadline can drop; the
-/// epoch deadline alone interrupts only guest code. Calls arrive from
-/// synchronous code (through [`guest_code`], which leaves the caller's
-/// runtime), so each is driven to completion here.
-struct GuestRuntime(Option<tokio::runtime::Runtime>);
-
-impl GuestRuntime {
-    fn new() -> Result<Self, TransformError> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map(|rt| Self(Some(rt)))
-            .map_err(|e| TransformError::Engine(format!("the guest runtime could not start: {e}")))
-    }
-
-    /// Drives a guest call for at most [`CALL_LIMIT`]; `None` when it took longer.
-    /// The guest's instance must then be dropped: its call was abandoned midway.
-    fn run<F: Future>(&self, call: F) -> Option<F::Output> {
-        let runtime = self.0.as_ref()?;
-        runtime.block_on(async { tokio::time::timeout(CALL_LIMIT, call).await.ok() })
-    }
-}
-
-impl Drop for GuestRuntime {
-    fn drop(&mut self) {
-        // A chain replaced by a hot swap is dropped on an async thread, where a
-        // runtime must not wait for its tasks; this one has none.
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
+        let mut outcomes: Vec<Outcome> = failed
+            .into_iter()
+            .map(|failure| match failure {
+                Some(e) => Err(e),
+                None => Ok(Vec::new()),
+            })
+            .collect();
+        for (origin, change) in items {
+            if let Some(Ok(changes)) = outcomes.get_mut(origin) {
+                changes.push(change);
+            }
         }
-    }
-}
-
-/// The size of a returned change's names and values, for the output cap.
-fn result_bytes(change: &wit::Change) -> usize {
-    let value = |v: &wit::Value| match v {
-        wit::Value::Bytes(b) => b.len(),
-        wit::Value::Numeric(s)
-        | wit::Value::Text(s)
-        | wit::Value::Json(s)
-        | wit::Value::Date(s)
-        | wit::Value::Time(s)
-        | wit::Value::Timestamp(s)
-        | wit::Value::Timestamptz(s) => s.len(),
-        _ => 8,
-    };
-    change.schema.len()
-        + change.table.len()
-        + change
-            .columns
-            .iter()
-            .chain(&change.key)
-            .map(|c| c.name.len() + c.pg_type.len() + value(&c.value))
-            .sum::<usize>()
-}
-
-/// A running instance with its own store, so a failure poisons nothing else.
-struct Instance {
-    store: Store<Guest>,
-    bindings: wit::Transformer,
-    stdout: GuestOutput,
-    stderr: GuestOutput,
-}
-
-impl Instance {
-    fn log_output(&self, module: &str) {
-        log_output(module, &self.stdout, &self.stderr);
-    }
-}
-
-/// An error and its causes on one line.
-fn error_text(error: &wasmtime::Error) -> String {
-    let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
-    causes.join(": ")
-}
-
-/// Says in words why a guest call failed.
-fn describe_failure(module: &str, error: &wasmtime::Error, store: &Store<Guest>) -> String {
-    // The wasm backtrace helps the module's author, not the change's reader.
-    tracing::debug!(module, "guest failure: {error:?}");
-    if store.data().limits.memory_denied {
-        return format!("it needed more than its {} MiB of memory", MEMORY_LIMIT >> 20);
-    }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!(
-            "it ran for more than {} ms",
-            EPOCH_TICK.as_millis() * u128::from(CALL_TICKS)
-        ),
-        Some(Trap::StackOverflow) => {
-            format!("it overflowed its {} KiB stack", MAX_WASM_STACK >> 10)
-        }
-        Some(trap) => format!("it trapped ({trap})"),
-        None => format!("it failed ({})", error.root_cause()),
-    }
-}
-
-/// The engine shared by every module, with an epoch that a background thread advances.
-fn engine() -> Result<&'static Engine, TransformError> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let mut config = Config::new();
-            config
-                .wasm_component_model(true)
-                .epoch_interruption(true)
-                .max_wasm_stack(MAX_WASM_STACK);
-            let engine = Engine::new(&config).map_err(|e| error_text(&e))?;
-            let ticker = engine.clone();
-            std::thread::Builder::new()
-                .name("wasm-epoch".to_owned())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(EPOCH_TICK);
-                        ticker.increment_epoch();
-                    }
-                })
-                .map_err(|e| format!("the epoch thread could not start: {e}"))?;
-            Ok(engine)
-        })
-        .as_ref()
-        .map_err(|e| TransformError::Engine(e.clone()))
-}
-
-/// Per-instance host state.
-struct Guest {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: Limits,
-}
-
-impl WasiView for Guest {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Store limits that remember a refused memory growth, so that the trap that
-/// follows can be reported as running out of memory.
-struct Limits {
-    inner: StoreLimits,
-    memory_denied: bool,
-}
-
-impl ResourceLimiter for Limits {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        self.memory_denied |= !allowed;
-        Ok(allowed)
-    }
-
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
-    }
-}
-
-/// Emits what the guest wrote since the last call to the host's log.
-fn log_output(module: &str, stdout: &GuestOutput, stderr: &GuestOutput) {
-    for (stream, output) in [("stdout", stdout), ("stderr", stderr)] {
-        let (bytes, dropped) = output.take();
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            tracing::info!(module, stream, "{line}");
-        }
-        if dropped > 0 {
-            tracing::info!(module, stream, dropped, "guest output over the limit was dropped");
-        }
-    }
-}
-
-/// A guest's stdout or stderr: buffered for the log, bounded, and never an
-/// error for the guest, so that chatty output cannot fail a change.
-#[derive(Clone, Default)]
-struct GuestOutput(Arc<Mutex<OutputBuffer>>);
-
-#[derive(Default)]
-struct OutputBuffer {
-    bytes: Vec<u8>,
-    dropped: usize,
-}
-
-impl GuestOutput {
-    fn append(&self, bytes: &[u8]) {
-        let mut buffer = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = OUTPUT_LIMIT.saturating_sub(buffer.bytes.len());
-        let kept = bytes.len().min(room);
-        buffer.bytes.extend_from_slice(&bytes[..kept]);
-        buffer.dropped += bytes.len() - kept;
-    }
-
-    fn take(&self) -> (Vec<u8>, usize) {
-        let mut buffer = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let dropped = std::mem::take(&mut buffer.dropped);
-        (std::mem::take(&mut buffer.bytes), dropped)
-    }
-}
-
-impl IsTerminal for GuestOutput {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for GuestOutput {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl OutputStream for GuestOutput {
-    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
-        self.append(&bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(OUTPUT_LIMIT)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for GuestOutput {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.append(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl From<Change> for wit::Change {
-    fn from(c: Change) -> Self {
-        Self {
-            op: c.op.into(),
-            schema: c.schema,
-            table: c.table,
-            columns: c.columns.into_iter().map(Into::into).collect(),
-            key: c.key.into_iter().map(Into::into).collect(),
-        }
-    }
-}
-
-impl From<wit::Change> for Change {
-    fn from(c: wit::Change) -> Self {
-        Self {
-            op: c.op.into(),
-            schema: c.schema,
-            table: c.table,
-            columns: c.columns.into_iter().map(Into::into).collect(),
-            key: c.key.into_iter().map(Into::into).collect(),
-        }
-    }
-}
-
-impl From<Column> for wit::Column {
-    fn from(c: Column) -> Self {
-        Self {
-            name: c.name,
-            pg_type: c.pg_type,
-            value: c.value.into(),
-        }
-    }
-}
-
-impl From<wit::Column> for Column {
-    fn from(c: wit::Column) -> Self {
-        Self {
-            name: c.name,
-            pg_type: c.pg_type,
-            value: c.value.into(),
-        }
-    }
-}
-
-impl From<Op> for wit::Op {
-    fn from(op: Op) -> Self {
-        match op {
-            Op::Insert => Self::Insert,
-            Op::Update => Self::Update,
-            Op::Delete => Self::Delete,
-            Op::Truncate => Self::Truncate,
-        }
-    }
-}
-
-impl From<wit::Op> for Op {
-    fn from(op: wit::Op) -> Self {
-        match op {
-            wit::Op::Insert => Self::Insert,
-            wit::Op::Update => Self::Update,
-            wit::Op::Delete => Self::Delete,
-            wit::Op::Truncate => Self::Truncate,
-        }
-    }
-}
-
-impl From<Value> for wit::Value {
-    fn from(v: Value) -> Self {
-        match v {
-            Value::Null => Self::Null,
-            Value::Bool(b) => Self::Bool(b),
-            Value::Int(i) => Self::Int(i),
-            Value::Float(f) => Self::Float(f),
-            Value::Numeric(s) => Self::Numeric(s),
-            Value::Text(s) => Self::Text(s),
-            Value::Bytes(b) => Self::Bytes(b),
-            Value::Json(s) => Self::Json(s),
-            Value::Date(s) => Self::Date(s),
-            Value::Time(s) => Self::Time(s),
-            Value::Timestamp(s) => Self::Timestamp(s),
-            Value::Timestamptz(s) => Self::Timestamptz(s),
-            Value::UnchangedToast => Self::UnchangedToast,
-        }
-    }
-}
-
-impl From<wit::Value> for Value {
-    fn from(v: wit::Value) -> Self {
-        match v {
-            wit::Value::Null => Self::Null,
-            wit::Value::Bool(b) => Self::Bool(b),
-            wit::Value::Int(i) => Self::Int(i),
-            wit::Value::Float(f) => Self::Float(f),
-            wit::Value::Numeric(s) => Self::Numeric(s),
-            wit::Value::Text(s) => Self::Text(s),
-            wit::Value::Bytes(b) => Self::Bytes(b),
-            wit::Value::Json(s) => Self::Json(s),
-            wit::Value::Date(s) => Self::Date(s),
-            wit::Value::Time(s) => Self::Time(s),
-            wit::Value::Timestamp(s) => Self::Timestamp(s),
-            wit::Value::Timestamptz(s) => Self::Timestamptz(s),
-            wit::Value::UnchangedToast => Self::UnchangedToast,
-        }
-    }
-}
-
-impl From<&TxContext> for wit::TxContext {
-    fn from(ctx: &TxContext) -> Self {
-        Self {
-            xid: ctx.xid,
-            commit_lsn: ctx.commit_lsn.to_string(),
-            commit_time: ctx.commit_time.clone(),
-        }
+        outcomes
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use sha2::{Digest, Sha256};
+
+    use crate::change::{Column, Op, Value};
 
     /// A guest component from `transforms/`; the tests need it built and say how.
     fn component(name: &str) -> PathBuf {
@@ -1203,7 +566,7 @@ mod tests {
         }
         input.push('\n');
         let mut output = Vec::new();
-        run_test(&[component("identity")], &[], input.as_bytes(), &mut output).expect("run_test");
+        run_test(&[component("identity")], &[], input.as_bytes(), &mut output, None).expect("run_test");
         let output = String::from_utf8(output).expect("utf-8");
         let back: Vec<Change> = output
             .lines()
@@ -1216,7 +579,7 @@ mod tests {
     fn run_test_names_a_bad_line() {
         let good = serde_json::to_string(&change(Op::Insert, "itrequests")).expect("json");
         let input = format!("{good}\n{{\"op\": \"upsert\"}}\n");
-        let err = run_test(&[component("identity")], &[], input.as_bytes(), std::io::sink()).expect_err("error");
+        let err = run_test(&[component("identity")], &[], input.as_bytes(), std::io::sink(), None).expect_err("error");
         assert!(matches!(err, TransformError::BadInput { line: 2, .. }), "{err}");
         assert!(err.to_string().starts_with("line 2 is not a change: "), "{err}");
     }
@@ -1469,22 +832,31 @@ mod tests {
     }
 
     #[test]
-    fn check_reports_hash_exports_imports_and_init() {
+    fn check_reports_hash_world_exports_imports_and_init() {
         let path = component("identity");
         let report = check(&path).expect("valid");
         let expected = hex::encode(Sha256::digest(std::fs::read(&path).expect("read")));
         assert_eq!(report.hash, expected);
+        assert_eq!(report.world, "wasmcdc:transform@0.2.0");
         assert!(report.exports.contains(&"init (function)".to_owned()), "{report}");
         assert!(report.exports.contains(&"transform (function)".to_owned()), "{report}");
         assert!(
             report
                 .imports
                 .iter()
-                .any(|i| i.starts_with("wasmcdc:transform/types@0.1.0")),
+                .any(|i| i.starts_with("wasmcdc:transform/types@0.2.0")),
             "{report}"
         );
-        assert_eq!(report.init, Ok(()));
-        assert!(report.to_string().contains("init: accepts an empty configuration"));
+        assert_eq!(report.init, Ok(Vec::new()));
+        let text = report.to_string();
+        assert!(text.contains("world: wasmcdc:transform@0.2.0 transformer"), "{text}");
+        assert!(text.contains("init: accepts an empty configuration"), "{text}");
+        let old = check(&component("probe")).expect("a 0.1.0 component is valid");
+        assert_eq!(old.world, "wasmcdc:transform@0.1.0");
+        assert!(
+            old.to_string()
+                .ends_with("valid: it fits the wasmcdc:transform@0.1.0 `transformer` world")
+        );
         let report = check(&component("mask_columns")).expect("valid but needs config");
         assert!(report.init.is_err());
         assert!(
@@ -1493,6 +865,117 @@ mod tests {
         );
         let err = check(Path::new("/nonexistent/m.wasm")).expect_err("missing");
         assert!(matches!(err, TransformError::Missing(_)), "{err}");
+    }
+
+    #[test]
+    fn both_worlds_transform_alike() {
+        // The probe is built against 0.1.0 and passes other tables through;
+        // identity is built against 0.2.0.
+        let mut old = TransformChain::load(&[component("probe")], &[]).expect("load probe");
+        let mut batched = TransformChain::load(&[component("identity")], &[]).expect("load identity");
+        let mut widened = change(Op::Insert, "itrequests");
+        widened.columns.push(column("added", "integer", Value::Int(5)));
+        let batch = vec![
+            change(Op::Insert, "itrequests"),
+            change(Op::Update, "itrequests"),
+            change(Op::Delete, "itrequests"),
+            // A table's column added mid-stream, and the same name in another schema.
+            widened,
+            Change {
+                schema: "sales".to_owned(),
+                ..change(Op::Update, "itrequests")
+            },
+            change(Op::Truncate, "itrequests"),
+            change(Op::Insert, "orders"),
+        ];
+        let expected: Vec<Vec<Change>> = batch.iter().map(|c| vec![c.clone()]).collect();
+        for chain in [&mut old, &mut batched] {
+            let out: Vec<Vec<Change>> = chain
+                .apply_batch(batch.clone(), &ctx())
+                .into_iter()
+                .map(|o| o.expect("passed"))
+                .collect();
+            assert_eq!(out, expected);
+            // Tables already sent serve the next batch.
+            let again = chain.apply_batch(batch.clone(), &ctx());
+            assert_eq!(again.len(), batch.len());
+            assert_eq!(
+                again.into_iter().map(|o| o.expect("passed")).collect::<Vec<_>>(),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_isolates_the_change_that_fails() {
+        let mut chain = TransformChain::load(&[component("probe_batched")], &[]).expect("load");
+        let tables = [
+            "itrequests",
+            "panic",
+            "orders",
+            "reject",
+            "upper",
+            "drop",
+            "sleep",
+            "spin",
+            "itrequests",
+        ];
+        let batch: Vec<Change> = tables.iter().map(|t| change(Op::Insert, t)).collect();
+        let started = std::time::Instant::now();
+        let out = chain.apply_batch(batch.clone(), &ctx());
+        // One deadline for the batch, then one per change that fails alone.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.len(), tables.len());
+        let failure = |i: usize| match &out[i] {
+            Err(e) => e.to_string(),
+            Ok(changes) => panic!("{} passed: {changes:?}", tables[i]),
+        };
+        assert_eq!(out[0].as_ref().expect("first"), &vec![batch[0].clone()]);
+        assert!(failure(1).contains("failed: it trapped"), "{}", failure(1));
+        assert_eq!(out[2].as_ref().expect("orders"), &vec![batch[2].clone()]);
+        assert!(
+            failure(3).ends_with("rejected the change: rejected on request"),
+            "{}",
+            failure(3)
+        );
+        let upper = out[4].as_ref().expect("upper");
+        assert_eq!(text_of(&upper[0], "t"), "REPAIR LAPTOP ✓");
+        assert_eq!(upper[0].columns.len(), batch[4].columns.len());
+        assert!(out[5].as_ref().expect("drop").is_empty());
+        assert!(failure(6).contains("waiting in a host call"), "{}", failure(6));
+        assert!(failure(7).contains("it ran for more than 100 ms"), "{}", failure(7));
+        assert_eq!(out[8].as_ref().expect("last"), &vec![batch[8].clone()]);
+        // A failed batch leaves a working instance behind.
+        let next = change(Op::Update, "orders");
+        assert_eq!(chain.apply(next.clone(), &ctx()).expect("after"), vec![next]);
+    }
+
+    #[test]
+    fn a_module_declares_its_target() {
+        let chain = TransformChain::load(
+            &[component("rename")],
+            &config(&[
+                "rename.schema=archive",
+                "rename.table=tickets",
+                "rename.target.id=bigint",
+                "rename.target.summary=text",
+                "rename.target-key=id",
+            ]),
+        )
+        .expect("load");
+        let target = &chain.targets()[0];
+        assert_eq!((target.schema.as_str(), target.table.as_str()), ("archive", "tickets"));
+        assert_eq!(target.key, ["id"]);
+        let types: Vec<_> = target
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.pg_type.as_str()))
+            .collect();
+        assert_eq!(types, [("id", "bigint"), ("summary", "text")]);
     }
 
     #[test]
@@ -1514,7 +997,7 @@ mod tests {
             "\n",
         );
         let mut output = Vec::new();
-        run_test(&[component("identity")], &[], input.as_bytes(), &mut output).expect("run_test");
+        run_test(&[component("identity")], &[], input.as_bytes(), &mut output, None).expect("run_test");
         let output = String::from_utf8(output).expect("utf-8");
         let back: Vec<Change> = output
             .lines()
@@ -1529,9 +1012,55 @@ mod tests {
             &[],
             r#"{"action":"X"}"#.as_bytes(),
             std::io::sink(),
+            None,
         )
         .expect_err("unknown action");
         assert!(err.to_string().starts_with("line 1 is not a change: "), "{err}");
+    }
+
+    #[test]
+    fn run_test_types_by_the_catalog_when_asked() {
+        struct Catalog(Vec<String>);
+        impl TypeOids for Catalog {
+            fn oid(&mut self, name: &str) -> Result<u32, String> {
+                self.0.push(name.to_owned());
+                match name {
+                    "posint" => Ok(23),
+                    "mood" => Ok(16_400),
+                    other => Err(format!("type \"{other}\" does not exist")),
+                }
+            }
+        }
+        let line = concat!(
+            r#"{"action":"I","schema":"public","table":"t","columns":["#,
+            r#"{"name":"n","type":"posint","value":5},{"name":"m","type":"mood","value":"happy"},"#,
+            r#"{"name":"k","type":"integer","typeoid":23,"value":7}]}"#,
+            "\n"
+        );
+        let by_name = |types: Option<&mut dyn TypeOids>| -> Change {
+            let mut output = Vec::new();
+            run_test(&[component("identity")], &[], line.as_bytes(), &mut output, types).expect("run_test");
+            serde_json::from_slice(&output).expect("change")
+        };
+        // By name alone, a domain over integer is text; the catalog knows better.
+        assert_eq!(by_name(None).columns[0].value, Value::Text("5".into()));
+        let mut catalog = Catalog(Vec::new());
+        let typed = by_name(Some(&mut catalog));
+        assert_eq!(typed.columns[0].value, Value::Int(5));
+        assert_eq!(typed.columns[1].value, Value::Text("happy".into()));
+        assert_eq!(typed.columns[2].value, Value::Int(7));
+        assert_eq!(catalog.0, ["posint", "mood"], "columns with an OID are not looked up");
+        let unknown =
+            r#"{"action":"I","schema":"public","table":"t","columns":[{"name":"x","type":"nope","value":1}]}"#;
+        let err = run_test(
+            &[component("identity")],
+            &[],
+            unknown.as_bytes(),
+            std::io::sink(),
+            Some(&mut Catalog(Vec::new())),
+        )
+        .expect_err("unknown type");
+        assert!(err.to_string().contains("type \"nope\" does not exist"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,49 @@
-//! Building and editing changes, columns and values.
+//! Reading, editing and building changes.
+//!
+//! A [`Change`] shares its table's names and types with every other change
+//! of that table, and owns only its values. Editing values keeps the sharing,
+//! so the host is told just the new values, or that nothing changed;
+//! renaming, adding or removing a column, or routing the change to another
+//! table, gives the change a shape of its own, and the host then receives it
+//! whole, with every name and type.
 
-use crate::{Change, Column, Op, TxContext, Value};
+use std::rc::Rc;
+
+use crate::{Column, ColumnDef, Op, Target, TxContext, Value};
+
+/// What the changes of one table share: where they land, and the names and
+/// types their values and key follow.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Shape {
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    pub(crate) columns: Vec<ColumnDef>,
+    pub(crate) key: Vec<ColumnDef>,
+}
+
+/// One row-level change: what happened, to which table, its new values and
+/// its key.
+///
+/// For an update and a delete the key names the row as it was; for an insert
+/// it is the new row's primary key when its table has one. A delete and a
+/// truncate carry no new values, a truncate no key.
+#[derive(Clone, Debug)]
+pub struct Change {
+    op: Op,
+    pub(crate) shape: Rc<Shape>,
+    pub(crate) values: Vec<Value>,
+    pub(crate) key: Vec<Value>,
+    /// Whether a value was edited in place, so the host needs the new values.
+    pub(crate) edited: bool,
+}
+
+impl PartialEq for Change {
+    /// Two changes are equal when they do the same thing to the same table
+    /// with the same values, however they were made.
+    fn eq(&self, other: &Self) -> bool {
+        self.op == other.op && self.shape == other.shape && self.values == other.values && self.key == other.key
+    }
+}
 
 impl Change {
     /// A new row.
@@ -30,71 +73,221 @@ impl Change {
         columns: Vec<Column>,
         key: Vec<Column>,
     ) -> Self {
+        let (columns, values) = split(columns);
+        let (key_columns, key) = split(key);
         Self {
             op,
-            schema: schema.into(),
-            table: table.into(),
-            columns,
+            shape: Rc::new(Shape {
+                schema: schema.into(),
+                table: table.into(),
+                columns,
+                key: key_columns,
+            }),
+            values,
             key,
+            edited: false,
         }
     }
 
-    /// The column called `name` among the row's new values.
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
+    /// A change as the host delivered it, sharing its table's shape.
+    pub(crate) fn delivered(op: Op, shape: Rc<Shape>, values: Vec<Value>, key: Vec<Value>) -> Self {
+        Self {
+            op,
+            shape,
+            values,
+            key,
+            edited: false,
+        }
+    }
+
+    /// What happened to the row.
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// The schema of the table the change lands in.
+    pub fn schema(&self) -> &str {
+        &self.shape.schema
+    }
+
+    /// The table the change lands in.
+    pub fn table(&self) -> &str {
+        &self.shape.table
+    }
+
+    /// Routes the change to another schema.
+    pub fn set_schema(&mut self, schema: impl Into<String>) {
+        Rc::make_mut(&mut self.shape).schema = schema.into();
+    }
+
+    /// Routes the change to another table. A table that does not exist in
+    /// MariaDB is created from the change's typed columns, keyed by its key.
+    pub fn set_table(&mut self, table: impl Into<String>) {
+        Rc::make_mut(&mut self.shape).table = table.into();
+    }
+
+    /// The same change as another operation, for example the delete of an
+    /// update's old row. A delete and a truncate drop the new values; an
+    /// insert and a truncate drop the key.
+    pub fn with_op(&self, op: Op) -> Self {
+        let mut change = self.clone();
+        change.op = op;
+        if matches!(op, Op::Delete | Op::Truncate) && !change.values.is_empty() {
+            change.values.clear();
+            Rc::make_mut(&mut change.shape).columns.clear();
+        }
+        if matches!(op, Op::Insert | Op::Truncate) && !change.key.is_empty() {
+            change.key.clear();
+            Rc::make_mut(&mut change.shape).key.clear();
+        }
+        change
+    }
+
+    /// The new values, each with its column's name and type.
+    pub fn columns(&self) -> impl Iterator<Item = (&ColumnDef, &Value)> {
+        self.shape.columns.iter().zip(&self.values)
+    }
+
+    /// The key values, each with its column's name and type.
+    pub fn key(&self) -> impl Iterator<Item = (&ColumnDef, &Value)> {
+        self.shape.key.iter().zip(&self.key)
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        let at = self.shape.columns.iter().position(|c| c.name == name)?;
+        (at < self.values.len()).then_some(at)
+    }
+
+    /// The PostgreSQL type of the column called `name`, as `format_type` prints it.
+    pub fn pg_type(&self, name: &str) -> Option<&str> {
+        self.position(name).map(|at| self.shape.columns[at].pg_type.as_str())
     }
 
     /// The new value of the column called `name`; `None` when the row's new
     /// values lack it (always so for a delete or truncate).
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.column(name).map(|c| &c.value)
+        self.position(name).map(|at| &self.values[at])
     }
 
     /// The new value of the column called `name`, to edit in place.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
-        self.columns.iter_mut().find(|c| c.name == name).map(|c| &mut c.value)
+        let at = self.position(name)?;
+        self.edited = true;
+        Some(&mut self.values[at])
     }
 
     /// The value of the key column called `name`, as the row was before an
     /// update or delete.
     pub fn get_key(&self, name: &str) -> Option<&Value> {
-        self.key.iter().find(|c| c.name == name).map(|c| &c.value)
+        let at = self.shape.key.iter().position(|c| c.name == name)?;
+        self.key.get(at)
     }
 
     /// Sets the new value of the column called `name`, keeping its type; a
     /// column the row lacks is added with the type [`Value::pg_type`] names.
     pub fn set(&mut self, name: &str, value: Value) {
-        match self.columns.iter_mut().find(|c| c.name == name) {
-            Some(column) => column.value = value,
-            None => self.columns.push(Column::new(name, value.pg_type(), value)),
+        match self.get_mut(name) {
+            Some(slot) => *slot = value,
+            None => self.push(Column::new(name, value.pg_type(), value)),
         }
+    }
+
+    /// Adds a column to the new values, with its own type.
+    pub fn push(&mut self, column: Column) {
+        let shape = Rc::make_mut(&mut self.shape);
+        // A delete's shape may still name columns it carries no values for.
+        shape.columns.truncate(self.values.len());
+        shape.columns.push(ColumnDef {
+            name: column.name,
+            pg_type: column.pg_type,
+        });
+        self.values.push(column.value);
     }
 
     /// Removes the column called `name` from the row's new values and returns
     /// it; the key keeps it, since the key is how the target finds the row.
     pub fn remove(&mut self, name: &str) -> Option<Column> {
-        let at = self.columns.iter().position(|c| c.name == name)?;
-        Some(self.columns.remove(at))
+        let at = self.position(name)?;
+        let def = Rc::make_mut(&mut self.shape).columns.remove(at);
+        Some(Column {
+            name: def.name,
+            pg_type: def.pg_type,
+            value: self.values.remove(at),
+        })
     }
 
     /// Renames the column `old` to `new` in the new values and the key alike;
     /// returns whether the change had it.
     pub fn rename(&mut self, old: &str, new: &str) -> bool {
-        let mut found = false;
-        for column in self.columns.iter_mut().chain(self.key.iter_mut()) {
-            if column.name == old {
-                column.name = new.to_owned();
-                found = true;
+        let has = |defs: &[ColumnDef]| defs.iter().any(|c| c.name == old);
+        if !has(&self.shape.columns) && !has(&self.shape.key) {
+            return false;
+        }
+        let shape = Rc::make_mut(&mut self.shape);
+        for def in shape.columns.iter_mut().chain(shape.key.iter_mut()) {
+            if def.name == old {
+                new.clone_into(&mut def.name);
             }
         }
-        found
+        true
+    }
+
+    /// Renames several columns at once, in the new values and the key: each
+    /// column is looked up by its name before any rename, so `a→b` with `b→a`
+    /// swaps the two.
+    pub fn rename_with(&mut self, new_name: impl Fn(&str) -> Option<String>) {
+        let shape = &self.shape;
+        let any = shape.columns.iter().chain(&shape.key).any(|c| new_name(&c.name).is_some());
+        if !any {
+            return;
+        }
+        let shape = Rc::make_mut(&mut self.shape);
+        for def in shape.columns.iter_mut().chain(shape.key.iter_mut()) {
+            if let Some(new) = new_name(&def.name) {
+                def.name = new;
+            }
+        }
     }
 
     /// Whether an update left a TOASTed column out, so that its new values are
     /// not the whole row.
     pub fn has_unchanged_toast(&self) -> bool {
-        self.columns.iter().any(|c| c.value == Value::UnchangedToast)
+        self.values.iter().any(|v| *v == Value::UnchangedToast)
     }
+
+    /// The new values as named columns.
+    pub fn to_columns(&self) -> Vec<Column> {
+        join(&self.shape.columns, &self.values)
+    }
+
+    /// The key as named columns.
+    pub fn to_key(&self) -> Vec<Column> {
+        join(&self.shape.key, &self.key)
+    }
+}
+
+/// Names and types apart from values.
+fn split(columns: Vec<Column>) -> (Vec<ColumnDef>, Vec<Value>) {
+    columns
+        .into_iter()
+        .map(|c| {
+            (
+                ColumnDef {
+                    name: c.name,
+                    pg_type: c.pg_type,
+                },
+                c.value,
+            )
+        })
+        .unzip()
+}
+
+/// Names and types back with their values.
+fn join(defs: &[ColumnDef], values: &[Value]) -> Vec<Column> {
+    defs.iter()
+        .zip(values)
+        .map(|(d, v)| Column::new(d.name.clone(), d.pg_type.clone(), v.clone()))
+        .collect()
 }
 
 impl Column {
@@ -105,6 +298,29 @@ impl Column {
             name: name.into(),
             pg_type: pg_type.into(),
             value,
+        }
+    }
+}
+
+impl ColumnDef {
+    /// A column called `name` of PostgreSQL type `pg_type`.
+    pub fn new(name: impl Into<String>, pg_type: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            pg_type: pg_type.into(),
+        }
+    }
+}
+
+impl Target {
+    /// A table to declare ahead: its columns with their PostgreSQL types, and
+    /// the names of its primary-key columns.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>, columns: Vec<ColumnDef>, key: Vec<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            name: name.into(),
+            columns,
+            key,
         }
     }
 }
@@ -181,19 +397,20 @@ mod tests {
         )
     }
 
+    fn names(change: &Change) -> Vec<&str> {
+        change.columns().map(|(c, _)| c.name.as_str()).collect()
+    }
+
     #[test]
     fn builders_fill_what_each_operation_carries() {
         let insert = Change::insert("public", "t", vec![int("id", 1)]);
-        assert_eq!((insert.op, insert.columns.len(), insert.key.len()), (Op::Insert, 1, 0));
+        assert_eq!((insert.op(), insert.columns().count(), insert.key().count()), (Op::Insert, 1, 0));
         let delete = Change::delete("public", "t", vec![int("id", 1)]);
-        assert_eq!((delete.op, delete.columns.len(), delete.key.len()), (Op::Delete, 0, 1));
+        assert_eq!((delete.op(), delete.columns().count(), delete.key().count()), (Op::Delete, 0, 1));
         let truncate = Change::truncate("s", "t");
-        assert_eq!(
-            (truncate.op, truncate.schema.as_str(), truncate.table.as_str()),
-            (Op::Truncate, "s", "t")
-        );
-        assert!(truncate.columns.is_empty() && truncate.key.is_empty());
-        assert_eq!(update().op, Op::Update);
+        assert_eq!((truncate.op(), truncate.schema(), truncate.table()), (Op::Truncate, "s", "t"));
+        assert!(truncate.to_columns().is_empty() && truncate.to_key().is_empty());
+        assert_eq!(update().op(), Op::Update);
     }
 
     #[test]
@@ -208,10 +425,22 @@ mod tests {
             email.make_ascii_uppercase();
         }
         assert_eq!(change.get("email").and_then(Value::as_text), Some("A@EXAMPLE.COM"));
-        assert_eq!(change.column("id").map(|c| c.pg_type.as_str()), Some("integer"));
+        assert_eq!(change.pg_type("id"), Some("integer"));
         let delete = Change::delete("public", "users", vec![int("id", 7)]);
         assert_eq!(delete.get("id"), None);
         assert_eq!(delete.get_key("id"), Some(&Value::Int(7)));
+    }
+
+    #[test]
+    fn editing_values_keeps_the_shape_and_reshaping_copies_it() {
+        let original = update();
+        let mut edited = original.clone();
+        edited.set("email", Value::Null);
+        assert!(Rc::ptr_eq(&original.shape, &edited.shape) && edited.edited);
+        let mut routed = original.clone();
+        routed.set_table("accounts");
+        assert!(!Rc::ptr_eq(&original.shape, &routed.shape));
+        assert_eq!((original.table(), routed.table()), ("users", "accounts"));
     }
 
     #[test]
@@ -219,15 +448,10 @@ mod tests {
         let mut change = update();
         change.set("id", Value::Int(2));
         change.set("seen", Value::Timestamptz("2024-01-01 00:00:00+00".into()));
-        assert_eq!(change.columns.len(), 3);
-        assert_eq!(change.columns[0], int("id", 2));
-        let seen = change.column("seen").expect("added");
-        assert_eq!(seen.pg_type, "timestamp with time zone");
-        assert_eq!(
-            change.get_key("id"),
-            Some(&Value::Int(1)),
-            "the key names the row as it was"
-        );
+        assert_eq!(change.to_columns().len(), 3);
+        assert_eq!(change.to_columns()[0], int("id", 2));
+        assert_eq!(change.pg_type("seen"), Some("timestamp with time zone"));
+        assert_eq!(change.get_key("id"), Some(&Value::Int(1)), "the key names the row as it was");
     }
 
     #[test]
@@ -235,8 +459,8 @@ mod tests {
         let mut change = update();
         assert_eq!(change.remove("id"), Some(int("id", 1)));
         assert_eq!(change.remove("id"), None);
-        assert_eq!(change.columns.len(), 1);
-        assert_eq!(change.key, [int("id", 1)]);
+        assert_eq!(names(&change), ["email"]);
+        assert_eq!(change.to_key(), [int("id", 1)]);
     }
 
     #[test]
@@ -244,9 +468,26 @@ mod tests {
         let mut change = update();
         assert!(change.rename("id", "user_id"));
         assert!(!change.rename("nope", "x"));
-        assert_eq!(change.columns[0].name, "user_id");
-        assert_eq!(change.key[0].name, "user_id");
-        assert_eq!(change.columns[1].name, "email");
+        assert_eq!(names(&change), ["user_id", "email"]);
+        assert_eq!(change.to_key()[0].name, "user_id");
+        let mut swapped = update();
+        swapped.rename_with(|name| match name {
+            "id" => Some("email".into()),
+            "email" => Some("id".into()),
+            _ => None,
+        });
+        assert_eq!(names(&swapped), ["email", "id"]);
+    }
+
+    #[test]
+    fn with_op_keeps_what_the_operation_carries() {
+        let delete = update().with_op(Op::Delete);
+        assert_eq!((delete.op(), delete.columns().count(), delete.key().count()), (Op::Delete, 0, 1));
+        let insert = update().with_op(Op::Insert);
+        assert_eq!((insert.op(), insert.columns().count(), insert.key().count()), (Op::Insert, 2, 0));
+        let mut delete = delete;
+        delete.push(int("x", 1));
+        assert_eq!(names(&delete), ["x"]);
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! Write a wasmcdc transform in Rust: implement [`Transform`] for a type and
-//! name the type in [`export!`]. This crate owns the bindings of the
-//! `transformer` world in `wit/world.wit`, keeps the state that `init` built
-//! for the instance's lifetime, and adds helpers for reading configuration and
-//! editing changes.
+//! name the type in [`export!`]. This crate owns the bindings of the batched
+//! `transformer` world in `wit/world.wit` (`wasmcdc:transform@0.2.0`), keeps
+//! the state that `init` built for the instance's lifetime, and adds helpers
+//! for reading configuration and editing changes.
+//!
+//! The host sends changes in batches and each table's names and types once;
+//! a [`Change`] shares them with the other changes of its table. A change
+//! returned as it came, or with values edited in place, crosses back as "kept"
+//! or as its new values alone; a change routed, reshaped or built anew crosses
+//! back whole.
 //!
 //! ```no_run
 //! use wasmcdc_guest::{Change, Config, Transform, TxContext};
@@ -24,17 +30,15 @@
 mod change;
 mod config;
 
+pub use change::Change;
 pub use config::Config;
 
 /// The generated bindings. Their export macro is public so that the crate of
 /// the transform, not this one, carries the world's exports.
 #[doc(hidden)]
 pub mod bindings {
-    // The generated code flattens a change into many core-wasm parameters.
-    #![allow(clippy::too_many_arguments)]
-
     wit_bindgen::generate!({
-        path: "../../wit/v0.1",
+        path: "../../wit",
         world: "transformer",
         pub_export_macro: true,
         default_bindings_module: "$crate::bindings",
@@ -42,7 +46,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::wasmcdc::transform::types::{Change, Column, Op, TxContext, Value};
+pub use bindings::wasmcdc::transform::types::{Column, ColumnDef, Op, Target, TxContext, Value};
 
 /// A transform: the state built from its configuration, and what it does to
 /// each change.
@@ -54,6 +58,13 @@ pub trait Transform: Sized + 'static {
     /// a failure, so keep here what the configuration decides, not what
     /// changes build up.
     fn init(config: Config) -> Result<Self, String>;
+
+    /// The tables this transform writes to and declares ahead, so that the
+    /// apply creates each with these columns, types and key instead of
+    /// inferring them from the first change that reaches it. None by default.
+    fn targets(&self) -> Vec<Target> {
+        Vec::new()
+    }
 
     /// Maps one change to none (drop), one (pass) or several (fan out); an
     /// `Err` dead-letters the change with the message as the reason.
@@ -69,7 +80,7 @@ macro_rules! export {
     ($ty:ty) => {
         const _: () = {
             ::std::thread_local! {
-                static STATE: ::std::cell::OnceCell<$ty> = const { ::std::cell::OnceCell::new() };
+                static STATE: $crate::__rt::State<$ty> = $crate::__rt::State::new();
             }
 
             struct Transformer;
@@ -77,19 +88,20 @@ macro_rules! export {
             impl $crate::bindings::Guest for Transformer {
                 fn init(
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__rt::init(&STATE, ::std::env!("CARGO_PKG_NAME"), config)
+                ) -> ::std::result::Result<::std::vec::Vec<$crate::Target>, ::std::string::String> {
+                    STATE.with(|state| state.init(::std::env!("CARGO_PKG_NAME"), config))
                 }
 
                 fn transform(
-                    change: $crate::Change,
+                    tables: ::std::vec::Vec<$crate::__rt::Table>,
+                    rows: ::std::vec::Vec<$crate::__rt::Row>,
                     ctx: $crate::TxContext,
-                ) -> ::std::result::Result<::std::vec::Vec<$crate::Change>, ::std::string::String> {
-                    $crate::__rt::transform(&STATE, ::std::env!("CARGO_PKG_NAME"), change, ctx)
+                ) -> ::std::vec::Vec<$crate::__rt::Outcome> {
+                    STATE.with(|state| state.transform(::std::env!("CARGO_PKG_NAME"), tables, rows, ctx))
                 }
             }
 
-    $crate::bindings::export!(Transformer with_types_in $crate::bindings);
+            $crate::bindings::export!(Transformer with_types_in $crate::bindings);
         };
     };
 }
@@ -97,44 +109,108 @@ macro_rules! export {
 /// What [`export!`] expands to call.
 #[doc(hidden)]
 pub mod __rt {
-    use std::cell::OnceCell;
-    use std::thread::LocalKey;
+    use std::cell::{OnceCell, RefCell};
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
 
-    use crate::{Change, Config, Transform, TxContext};
+    pub use crate::bindings::wasmcdc::transform::types::{Outcome, Row, Table};
+    use crate::bindings::wasmcdc::transform::types::Change as Built;
+    use crate::change::Shape;
+    use crate::{Change, Config, Target, Transform, TxContext};
 
-    /// Builds the instance's state and keeps it.
-    pub fn init<T: Transform>(
-        state: &'static LocalKey<OnceCell<T>>,
-        name: &str,
-        config: Vec<(String, String)>,
-    ) -> Result<(), String> {
-        let built = T::init(Config::named(name, config))?;
-        // An instance is initialised once; a second call keeps the first configuration.
-        state.with(|cell| {
-            let _ = cell.set(built);
-        });
-        Ok(())
+    /// An instance's state: the transform `init` built, and the tables the host has sent.
+    pub struct State<T> {
+        transform: OnceCell<T>,
+        tables: RefCell<BTreeMap<u32, Rc<Shape>>>,
     }
 
-    /// Transforms one change with the state `init` kept.
-    pub fn transform<T: Transform>(
-        state: &'static LocalKey<OnceCell<T>>,
-        name: &str,
-        change: Change,
-        ctx: TxContext,
-    ) -> Result<Vec<Change>, String> {
-        state.with(|cell| match cell.get() {
-            Some(transform) => transform.transform(change, &ctx),
-            None => Err(format!("{name} was not initialised")),
-        })
+    impl<T: Transform> State<T> {
+        pub const fn new() -> Self {
+            Self {
+                transform: OnceCell::new(),
+                tables: RefCell::new(BTreeMap::new()),
+            }
+        }
+
+        /// Builds the transform and keeps it; returns the tables it declares.
+        pub fn init(&self, name: &str, config: Vec<(String, String)>) -> Result<Vec<Target>, String> {
+            let built = T::init(Config::named(name, config))?;
+            let targets = built.targets();
+            // An instance is initialised once; a second call keeps the first configuration.
+            let _ = self.transform.set(built);
+            Ok(targets)
+        }
+
+        /// Transforms a batch of rows with the state `init` kept: one outcome per row.
+        pub fn transform(&self, name: &str, tables: Vec<Table>, rows: Vec<Row>, ctx: TxContext) -> Vec<Outcome> {
+            let Some(transform) = self.transform.get() else {
+                return rows
+                    .iter()
+                    .map(|_| Outcome::Reject(format!("{name} was not initialised")))
+                    .collect();
+            };
+            let mut known = self.tables.borrow_mut();
+            for table in tables {
+                let shape = Shape {
+                    schema: table.schema,
+                    table: table.name,
+                    columns: table.columns,
+                    key: table.key,
+                };
+                known.insert(table.id, Rc::new(shape));
+            }
+            rows.into_iter()
+                .map(|row| {
+                    let Some(shape) = known.get(&row.table) else {
+                        return Outcome::Reject(format!("{name} was sent a row of table {}, which it was never sent", row.table));
+                    };
+                    let change = Change::delivered(row.op, Rc::clone(shape), row.values, row.key);
+                    outcome(shape, transform.transform(change, &ctx))
+                })
+                .collect()
+        }
+    }
+
+    impl<T: Transform> Default for State<T> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    /// The cheapest outcome that says what became of a row: `keep` or
+    /// `values` while the change still shares its table's shape, the whole
+    /// changes otherwise.
+    fn outcome(shape: &Rc<Shape>, result: Result<Vec<Change>, String>) -> Outcome {
+        match result {
+            Err(message) => Outcome::Reject(message),
+            Ok(mut changes) if changes.len() == 1 && Rc::ptr_eq(&changes[0].shape, shape) => {
+                match changes.pop() {
+                    Some(change) if change.edited => Outcome::Values(change.values),
+                    _ => Outcome::Keep,
+                }
+            }
+            Ok(changes) => Outcome::Replace(changes.into_iter().map(built).collect()),
+        }
+    }
+
+    /// A change in the form that names its table and columns.
+    fn built(change: Change) -> Built {
+        Built {
+            op: change.op(),
+            schema: change.schema().to_owned(),
+            table: change.table().to_owned(),
+            columns: change.to_columns(),
+            key: change.to_key(),
+        }
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::Op;
+        use crate::{Column, ColumnDef, Op, Value};
 
-        /// Appends its configured suffix to the table name.
+        /// Appends its configured suffix to the table name of changes to `t`,
+        /// upper-cases the `name` of changes to `u`, and passes the rest.
         struct Suffix(String);
 
         impl Transform for Suffix {
@@ -143,30 +219,80 @@ pub mod __rt {
             }
 
             fn transform(&self, mut change: Change, _: &TxContext) -> Result<Vec<Change>, String> {
-                change.table.push_str(&self.0);
+                match change.table() {
+                    "t" => change.set_table(format!("t{}", self.0)),
+                    "u" => {
+                        if let Some(Value::Text(name)) = change.get_mut("name") {
+                            name.make_ascii_uppercase();
+                        }
+                    }
+                    "bad" => return Err("bad table".into()),
+                    _ => {}
+                }
                 Ok(vec![change])
             }
-        }
-
-        thread_local! {
-            static STATE: OnceCell<Suffix> = const { OnceCell::new() };
         }
 
         fn pairs(suffix: &str) -> Vec<(String, String)> {
             vec![("suffix".into(), suffix.into())]
         }
 
+        fn table(id: u32, name: &str) -> Table {
+            Table {
+                id,
+                schema: "public".into(),
+                name: name.into(),
+                columns: vec![ColumnDef::new("name", "text")],
+                key: Vec::new(),
+            }
+        }
+
+        fn row(table: u32, name: &str) -> Row {
+            Row {
+                op: Op::Insert,
+                table,
+                values: vec![Value::Text(name.into())],
+                key: Vec::new(),
+            }
+        }
+
         #[test]
         fn keeps_the_first_state_that_init_builds() {
-            let change = || Change::truncate("public", "t");
-            let early = transform(&STATE, "suffix", change(), TxContext::default()).expect_err("before init");
-            assert_eq!(early, "suffix was not initialised");
-            assert!(init(&STATE, "suffix", vec![]).is_err());
-            init(&STATE, "suffix", pairs("_a")).expect("first");
-            init(&STATE, "suffix", pairs("_b")).expect("second");
-            let out = transform(&STATE, "suffix", change(), TxContext::default()).expect("after init");
-            assert_eq!(out, [Change::truncate("public", "t_a")]);
-            assert_eq!(out[0].op, Op::Truncate);
+            let state = State::<Suffix>::new();
+            let early = state.transform("suffix", vec![table(0, "t")], vec![row(0, "a")], TxContext::default());
+            assert_eq!(early, [Outcome::Reject("suffix was not initialised".into())]);
+            assert!(state.init("suffix", vec![]).is_err());
+            assert_eq!(state.init("suffix", pairs("_a")), Ok(Vec::new()));
+            state.init("suffix", pairs("_b")).expect("second");
+            let out = state.transform("suffix", vec![table(0, "t")], vec![row(0, "a")], TxContext::default());
+            let Outcome::Replace(changes) = &out[0] else { panic!("{out:?}") };
+            assert_eq!(changes[0].table, "t_a");
+        }
+
+        #[test]
+        fn answers_each_row_with_the_cheapest_outcome() {
+            let state = State::<Suffix>::new();
+            state.init("suffix", pairs("_x")).expect("init");
+            let tables = vec![table(0, "t"), table(1, "u"), table(2, "other"), table(3, "bad")];
+            let rows = vec![row(2, "kept"), row(1, "edited"), row(0, "routed"), row(3, "refused")];
+            let out = state.transform("suffix", tables, rows, TxContext::default());
+            assert_eq!(out[0], Outcome::Keep);
+            assert_eq!(out[1], Outcome::Values(vec![Value::Text("EDITED".into())]));
+            assert_eq!(
+                out[2],
+                Outcome::Replace(vec![Built {
+                    op: Op::Insert,
+                    schema: "public".into(),
+                    table: "t_x".into(),
+                    columns: vec![Column::new("name", "text", Value::Text("routed".into()))],
+                    key: Vec::new(),
+                }])
+            );
+            assert_eq!(out[3], Outcome::Reject("bad table".into()));
+            // Tables sent once serve later batches; an unknown id is refused, not guessed.
+            let later = state.transform("suffix", Vec::new(), vec![row(1, "again"), row(9, "?")], TxContext::default());
+            assert_eq!(later[0], Outcome::Values(vec![Value::Text("AGAIN".into())]));
+            assert!(matches!(&later[1], Outcome::Reject(m) if m.contains("table 9")), "{later:?}");
         }
     }
 }

@@ -33,6 +33,7 @@ mod tests {
         );
         let out = Identity.transform(change.clone(), &TxContext::default());
         assert_eq!(out, Ok(vec![change]));
+        assert_eq!(out.map(|c| c.len()), Ok(1));
     }
 
     #[test]

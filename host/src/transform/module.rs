@@ -1,0 +1,503 @@
+//! One transform module: its compiled component, the world it exports, and
+//! its live instance.
+//!
+//! A component exports either world. The batched one (`@0.2.0`) gets a batch
+//! of rows per call; a table's names and types cross once per instance, and
+//! the values of a row move into the call and back out of it, so a row the
+//! guest keeps costs no copy. A `@0.1.0` component gets one self-describing
+//! change per call, as it was built for.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker};
+
+use super::sandbox::{
+    Guest, GuestOutput, GuestRuntime, arm, describe_failure, engine, error_text, log_output, new_store, waited_too_long,
+};
+use super::wit::{self, v1, v2};
+use super::{MAX_RESULT_BYTES, MAX_RESULT_CHANGES, ModuleSpec, TransformError};
+use crate::change::{Change, Column, Target, TargetColumn, TxContext, Value};
+
+/// What became of one change given to a module or a chain: the changes it
+/// became (none when dropped), or why it could not be transformed.
+pub type Outcome = Result<Vec<Change>, TransformError>;
+
+/// A component linked against the host, ready to instantiate, in the world it exports.
+enum Pre {
+    V1(v1::TransformerPre<Guest>),
+    V2(v2::TransformerPre<Guest>),
+}
+
+/// A live instance's exports.
+enum Bindings {
+    V1(v1::Transformer),
+    V2(v2::Transformer),
+}
+
+/// One compiled component and its live instance.
+pub(super) struct Module {
+    pub(super) name: String,
+    pub(super) spec: ModuleSpec,
+    /// What `init` receives, on the first start and on every restart.
+    config: Vec<(String, String)>,
+    pre: Pre,
+    /// `None` after a failure: the next call starts a fresh instance, because
+    /// a trapped instance cannot be entered again.
+    instance: Option<Instance>,
+    /// Drives guest calls, with the timers that WASI clocks and the call deadline use.
+    runtime: GuestRuntime,
+    /// The tables `init` declared on the first start.
+    pub(super) targets: Vec<Target>,
+}
+
+/// A running instance with its own store, so a failure poisons nothing else.
+pub(super) struct Instance {
+    store: Store<Guest>,
+    bindings: Bindings,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
+    /// The tables this instance has been sent (batched world only).
+    tables: Tables,
+}
+
+impl Module {
+    /// Compiles a module without starting it; returns it with its component
+    /// and the SHA-256 (hex) of its file.
+    pub(super) fn new(
+        spec: ModuleSpec,
+        config: Vec<(String, String)>,
+    ) -> Result<(Self, Component, String), TransformError> {
+        let (component, pre, hash) = Self::compile(&spec.path)?;
+        let module = Self {
+            name: spec.path.display().to_string(),
+            spec,
+            config,
+            pre,
+            instance: None,
+            runtime: GuestRuntime::new()?,
+            targets: Vec::new(),
+        };
+        Ok((module, component, hash))
+    }
+
+    /// Compiles and starts a module; returns it with the SHA-256 (hex) of its file.
+    pub(super) fn load(spec: ModuleSpec, config: Vec<(String, String)>) -> Result<(Self, String), TransformError> {
+        let (mut module, _, hash) = Self::new(spec, config)?;
+        // Starting it now reports a module that cannot run at load time, not on the first change.
+        let (instance, targets) = module.start()?;
+        module.instance = Some(instance);
+        module.targets = targets;
+        Ok((module, hash))
+    }
+
+    /// The world the module exports, as `wasmcdc:transform@VERSION`.
+    pub(super) fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::V1(_) => wit::V1,
+            Pre::V2(_) => wit::V2,
+        }
+    }
+
+    /// Reads, hashes and compiles a component, links it against the host, and
+    /// tells which world it exports.
+    fn compile(path: &Path) -> Result<(Component, Pre, String), TransformError> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => TransformError::Missing(path.to_owned()),
+            _ => TransformError::Unreadable {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            },
+        })?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        let engine = engine()?;
+        let not_component = |reason: String| TransformError::NotComponent {
+            path: path.to_owned(),
+            reason,
+        };
+        if !bytes.starts_with(b"\0asm") {
+            return Err(not_component("the file is not WebAssembly".to_owned()));
+        }
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(not_component(
+                "it is a core module, as built for wasm32-unknown-unknown or wasm32-wasip1".to_owned(),
+            ));
+        }
+        // Compiled from the bytes just hashed, so the hash names exactly what runs.
+        let component = Component::from_binary(engine, &bytes).map_err(|e| not_component(error_text(&e)))?;
+        let incompatible = |e: wasmtime::Error| TransformError::Incompatible {
+            module: path.display().to_string(),
+            reason: error_text(&e),
+        };
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(incompatible)?;
+        let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
+        // The exports' types tell the worlds apart; the batched one is tried first.
+        let pre = match v2::TransformerPre::new(pre.clone()) {
+            Ok(pre) => Pre::V2(pre),
+            Err(batched) => match v1::TransformerPre::new(pre) {
+                Ok(pre) => Pre::V1(pre),
+                Err(_) => return Err(incompatible(batched)),
+            },
+        };
+        Ok((component, pre, hash))
+    }
+
+    /// Instantiates the component and calls `init`; returns the instance and the tables it declares.
+    pub(super) fn start(&self) -> Result<(Instance, Vec<Target>), TransformError> {
+        let (mut store, stdout, stderr) = new_store()?;
+        let failed_start = |reason: String| TransformError::Start {
+            module: self.name.clone(),
+            reason,
+        };
+        // Instantiation runs the guest's start code, which has a deadline too.
+        let started = match &self.pre {
+            Pre::V1(pre) => self
+                .runtime
+                .run(1, pre.instantiate_async(&mut store))
+                .map(|r| r.map(Bindings::V1)),
+            Pre::V2(pre) => self
+                .runtime
+                .run(1, pre.instantiate_async(&mut store))
+                .map(|r| r.map(Bindings::V2)),
+        };
+        let bindings = match started {
+            Some(Ok(bindings)) => bindings,
+            failed => {
+                let reason = match failed {
+                    Some(Err(e)) => describe_failure(&self.name, &e, &store),
+                    _ => waited_too_long(),
+                };
+                log_output(&self.name, &stdout, &stderr);
+                return Err(failed_start(reason));
+            }
+        };
+        arm(&mut store, 1);
+        let init = match &bindings {
+            Bindings::V1(b) => self
+                .runtime
+                .run(1, b.call_init(&mut store, &self.config))
+                .map(|r| r.map(|r| r.map(|()| Vec::new()))),
+            Bindings::V2(b) => self.runtime.run(1, b.call_init(&mut store, &self.config)),
+        };
+        log_output(&self.name, &stdout, &stderr);
+        let targets = match init {
+            Some(Ok(Ok(targets))) => targets,
+            Some(Ok(Err(message))) => {
+                return Err(TransformError::Init {
+                    module: self.name.clone(),
+                    message,
+                });
+            }
+            Some(Err(e)) => return Err(failed_start(describe_failure(&self.name, &e, &store))),
+            None => return Err(failed_start(waited_too_long())),
+        };
+        let targets: Vec<Target> = targets.into_iter().map(Target::from).collect();
+        if let Some(message) = targets.iter().find_map(Target::fault) {
+            return Err(TransformError::Init {
+                module: self.name.clone(),
+                message,
+            });
+        }
+        let instance = Instance {
+            store,
+            bindings,
+            stdout,
+            stderr,
+            tables: Tables::default(),
+        };
+        Ok((instance, targets))
+    }
+
+    /// Transforms a batch of changes from one transaction; one outcome per change, in order.
+    ///
+    /// A batch whose call fails as a whole (a trap, a deadline, an answer
+    /// that does not fit) is tried again one change at a time, on a fresh
+    /// instance, so that only the change that fails is dead-lettered.
+    pub(super) fn call(&mut self, changes: Vec<Change>, ctx: &TxContext, stop: &CancellationToken) -> Vec<Outcome> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        if stop.is_cancelled() {
+            return changes.iter().map(|_| Err(TransformError::Stopped)).collect();
+        }
+        if let Err(e) = self.ensure_started() {
+            return changes.iter().map(|_| Err(e.again())).collect();
+        }
+        if matches!(self.pre, Pre::V1(_)) {
+            let ctx = v1::TxContext::from(ctx);
+            return changes
+                .into_iter()
+                .map(|change| match stop.is_cancelled() {
+                    true => Err(TransformError::Stopped),
+                    false => self.call_v1(change, &ctx),
+                })
+                .collect();
+        }
+        let count = changes.len();
+        match self.call_v2(changes, ctx) {
+            Ok(outcomes) => outcomes,
+            Err((changes, reason)) if count == 1 => {
+                drop(changes);
+                vec![Err(self.failed(reason))]
+            }
+            Err((changes, reason)) => {
+                tracing::debug!(module = %self.name, count, reason, "a batch failed; transforming its changes one at a time");
+                changes
+                    .into_iter()
+                    .flat_map(|change| self.call(vec![change], ctx, stop))
+                    .collect()
+            }
+        }
+    }
+
+    /// Starts a fresh instance where a failure dropped the last one.
+    fn ensure_started(&mut self) -> Result<(), TransformError> {
+        if self.instance.is_none() {
+            self.instance = Some(self.start()?.0);
+        }
+        Ok(())
+    }
+
+    fn failed(&self, reason: String) -> TransformError {
+        TransformError::Failed {
+            module: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// One change through a `@0.1.0` component.
+    fn call_v1(&mut self, change: Change, ctx: &v1::TxContext) -> Outcome {
+        self.ensure_started()?;
+        let Some(instance) = &mut self.instance else {
+            return Err(self.failed("its instance could not be started".to_owned()));
+        };
+        let Bindings::V1(bindings) = &instance.bindings else {
+            return Err(self.failed("it changed world".to_owned()));
+        };
+        arm(&mut instance.store, 1);
+        let change = v1::Change::from(change);
+        let result = self
+            .runtime
+            .run(1, bindings.call_transform(&mut instance.store, &change, ctx));
+        log_output(&self.name, &instance.stdout, &instance.stderr);
+        let outcome = match result {
+            None => Err(waited_too_long()),
+            Some(Err(e)) => Err(describe_failure(&self.name, &e, &instance.store)),
+            Some(Ok(Err(message))) => {
+                return Err(TransformError::Rejected {
+                    module: self.name.clone(),
+                    message,
+                });
+            }
+            Some(Ok(Ok(changes))) => {
+                let bytes = changes.iter().map(v1::Change::result_bytes).sum();
+                match too_much(changes.len(), bytes) {
+                    Some(reason) => return Err(self.failed(reason)),
+                    None => return Ok(changes.into_iter().map(Change::from).collect()),
+                }
+            }
+        };
+        // A trapped or abandoned instance cannot be entered again.
+        self.instance = None;
+        outcome.map_err(|reason| self.failed(reason))
+    }
+
+    /// A batch through a `@0.2.0` component. When the call fails as a whole,
+    /// the instance is dropped and the changes come back, as they were, with
+    /// the reason.
+    fn call_v2(&mut self, mut changes: Vec<Change>, ctx: &TxContext) -> Result<Vec<Outcome>, (Vec<Change>, String)> {
+        let Some(instance) = &mut self.instance else {
+            return Err((changes, "its instance could not be started".to_owned()));
+        };
+        let Bindings::V2(bindings) = &instance.bindings else {
+            return Err((changes, "it changed world".to_owned()));
+        };
+        let mut tables = Vec::new();
+        let rows: Vec<v2::Row> = changes
+            .iter_mut()
+            .map(|change| instance.tables.row(change, &mut tables))
+            .collect();
+        arm(&mut instance.store, rows.len());
+        let ctx = v2::TxContext::from(ctx);
+        let result = self.runtime.run(
+            rows.len(),
+            bindings.call_transform(&mut instance.store, &tables, &rows, &ctx),
+        );
+        log_output(&self.name, &instance.stdout, &instance.stderr);
+        // The values lent to the call go back to their changes.
+        for (change, row) in changes.iter_mut().zip(rows) {
+            restore(&mut change.columns, row.values);
+            restore(&mut change.key, row.key);
+        }
+        let failure = match result {
+            None => waited_too_long(),
+            Some(Err(e)) => describe_failure(&self.name, &e, &instance.store),
+            Some(Ok(outcomes)) if outcomes.len() != changes.len() => format!(
+                "it answered a batch of {} changes with {} outcomes; the batched world needs one outcome per change",
+                changes.len(),
+                outcomes.len()
+            ),
+            Some(Ok(outcomes)) => {
+                return Ok(changes
+                    .into_iter()
+                    .zip(outcomes)
+                    .map(|(change, outcome)| self.outcome(change, outcome))
+                    .collect());
+            }
+        };
+        self.instance = None;
+        Err((changes, failure))
+    }
+
+    /// What one `@0.2.0` outcome makes of its change.
+    fn outcome(&self, mut change: Change, outcome: v2::Outcome) -> Outcome {
+        match outcome {
+            v2::Outcome::Keep => Ok(vec![change]),
+            v2::Outcome::Values(values) if values.len() == change.columns.len() => {
+                restore(&mut change.columns, values);
+                Ok(vec![change])
+            }
+            v2::Outcome::Values(values) => Err(self.failed(format!(
+                "it returned {} values for a change of {} columns; `values` keeps the row's columns, so return `replace` to reshape it",
+                values.len(),
+                change.columns.len()
+            ))),
+            v2::Outcome::Replace(changes) => {
+                let bytes = changes.iter().map(v2::Change::result_bytes).sum();
+                match too_much(changes.len(), bytes) {
+                    Some(reason) => Err(self.failed(reason)),
+                    None => Ok(changes.into_iter().map(Change::from).collect()),
+                }
+            }
+            v2::Outcome::Reject(message) => Err(TransformError::Rejected {
+                module: self.name.clone(),
+                message,
+            }),
+        }
+    }
+}
+
+/// Why what one change became is too much, if it is.
+fn too_much(changes: usize, bytes: usize) -> Option<String> {
+    (changes > MAX_RESULT_CHANGES || bytes > MAX_RESULT_BYTES).then(|| {
+        format!(
+            "it returned {changes} changes ({bytes} bytes of values) for one change; at most {MAX_RESULT_CHANGES} changes and {} MiB are allowed",
+            MAX_RESULT_BYTES >> 20
+        )
+    })
+}
+
+/// Puts values back into their columns, in order.
+fn restore(columns: &mut [Column], values: Vec<v2::Value>) {
+    for (column, value) in columns.iter_mut().zip(values) {
+        column.value = value.into();
+    }
+}
+
+/// Lends a column's values to a row: moved, not copied.
+fn lend(columns: &mut [Column]) -> Vec<v2::Value> {
+    columns
+        .iter_mut()
+        .map(|c| std::mem::replace(&mut c.value, Value::Null).into())
+        .collect()
+}
+
+/// The tables an instance has been sent: each change is matched to one by
+/// its schema, table, column names and types, and key.
+#[derive(Default)]
+struct Tables {
+    /// Indexes into `shapes`, by table name.
+    by_name: HashMap<String, Vec<usize>>,
+    /// Index is the table's id.
+    shapes: Vec<Shape>,
+}
+
+/// What the rows of one table share.
+struct Shape {
+    schema: String,
+    columns: Vec<(String, String)>,
+    key: Vec<(String, String)>,
+}
+
+impl Shape {
+    /// Whether a change's values and key follow this table's columns; empty ones follow any.
+    fn fits(&self, change: &Change) -> bool {
+        let same = |defs: &[(String, String)], columns: &[Column]| {
+            columns.is_empty()
+                || (defs.len() == columns.len()
+                    && defs
+                        .iter()
+                        .zip(columns)
+                        .all(|((name, pg_type), c)| *name == c.name && *pg_type == c.pg_type))
+        };
+        self.schema == change.schema && same(&self.columns, &change.columns) && same(&self.key, &change.key)
+    }
+}
+
+impl Tables {
+    /// The row for a change, its values lent; a table the instance has not
+    /// been sent is added to `new`.
+    fn row(&mut self, change: &mut Change, new: &mut Vec<v2::Table>) -> v2::Row {
+        let found = self
+            .by_name
+            .get(change.table.as_str())
+            .and_then(|ids| ids.iter().copied().find(|&id| self.shapes[id].fits(change)));
+        let id = found.unwrap_or_else(|| {
+            let id = self.shapes.len();
+            let defs = |columns: &[Column]| -> Vec<(String, String)> {
+                columns.iter().map(|c| (c.name.clone(), c.pg_type.clone())).collect()
+            };
+            let shape = Shape {
+                schema: change.schema.clone(),
+                columns: defs(&change.columns),
+                key: defs(&change.key),
+            };
+            let wit_defs = |defs: &[(String, String)]| -> Vec<v2::ColumnDef> {
+                defs.iter()
+                    .map(|(name, pg_type)| v2::ColumnDef {
+                        name: name.clone(),
+                        pg_type: pg_type.clone(),
+                    })
+                    .collect()
+            };
+            new.push(v2::Table {
+                id: id as u32,
+                schema: shape.schema.clone(),
+                name: change.table.clone(),
+                columns: wit_defs(&shape.columns),
+                key: wit_defs(&shape.key),
+            });
+            self.by_name.entry(change.table.clone()).or_default().push(id);
+            self.shapes.push(shape);
+            id
+        });
+        v2::Row {
+            op: change.op.into(),
+            table: id as u32,
+            values: lend(&mut change.columns),
+            key: lend(&mut change.key),
+        }
+    }
+}
+
+impl From<v2::Target> for Target {
+    fn from(t: v2::Target) -> Self {
+        Self {
+            schema: t.schema,
+            table: t.name,
+            columns: t
+                .columns
+                .into_iter()
+                .map(|c| TargetColumn {
+                    name: c.name,
+                    pg_type: c.pg_type,
+                })
+                .collect(),
+            key: t.key,
+        }
+    }
+}
