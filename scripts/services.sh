@@ -33,6 +33,14 @@ if ! dpkg -s "postgresql-$pg_ver-wal2json" >/dev/null 2>&1; then
         || { apt-get update -q >/dev/null && apt-get install -y -q "postgresql-$pg_ver-wal2json" >/dev/null; }
 fi
 
+# --- Chromium: the status page test drives it headless ---------------------------
+if ! command -v chromium >/dev/null 2>&1; then
+    say "installing chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+fi
+
 pg_running || pg_start
 wait_for PostgreSQL runuser -u postgres -- psql -X -d postgres -c 'select 1'
 

@@ -353,3 +353,46 @@ fn init_sql_is_mounted_into_the_init_directories() {
         assert!(repo_root().join(file).is_file(), "{file} is mounted but does not exist");
     }
 }
+
+#[test]
+fn prometheus_scrapes_the_metrics_port_of_wasmcdc() {
+    let compose = compose();
+    let app = service(&compose, "wasmcdc");
+    let listen = env_var(&environment(app), "wasmcdc", "WASMCDC_METRICS_ADDR").to_owned();
+    let (host, port) = listen
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("WASMCDC_METRICS_ADDR {listen:?} is not HOST:PORT"));
+    assert_eq!(
+        host, "0.0.0.0",
+        "wasmcdc listens on {listen}, which other containers cannot reach"
+    );
+    let published = words(&app["ports"]);
+    assert!(
+        published.iter().any(|p| p.ends_with(&format!(":{port}"))),
+        "wasmcdc does not publish its metrics port {port}: {published:?}"
+    );
+
+    let prometheus = service(&compose, "prometheus");
+    let mounts = volumes(prometheus);
+    let (config, _) = mounts
+        .iter()
+        .find(|(_, container)| container == "/etc/prometheus/prometheus.yml")
+        .unwrap_or_else(|| panic!("the prometheus service mounts no /etc/prometheus/prometheus.yml: {mounts:?}"));
+    let config: Value = serde_yaml::from_str(&read(config.trim_start_matches("./")))
+        .unwrap_or_else(|e| panic!("{config} is not YAML: {e}"));
+    let Value::Sequence(jobs) = &config["scrape_configs"] else {
+        panic!("{config:?} has no scrape_configs");
+    };
+    let targets: Vec<String> = jobs
+        .iter()
+        .filter(|job| job["metrics_path"].as_str().unwrap_or("/metrics") == "/metrics")
+        .flat_map(|job| match &job["static_configs"] {
+            Value::Sequence(groups) => groups.iter().flat_map(|g| words(&g["targets"])).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(
+        targets.contains(&format!("wasmcdc:{port}")),
+        "Prometheus scrapes {targets:?}, not wasmcdc's metrics port wasmcdc:{port}"
+    );
+}

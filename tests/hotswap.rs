@@ -376,7 +376,11 @@ async fn compiled_modules_are_cached_on_disk() {
     let first = snapshot(&dir);
     tokio::time::sleep(Duration::from_millis(50)).await;
     check(&dir);
-    assert_eq!(snapshot(&dir), first, "the second start reads the compiled code and rewrites none");
+    assert_eq!(
+        snapshot(&dir),
+        first,
+        "the second start reads the compiled code and rewrites none"
+    );
     let off = std::env::temp_dir().join(unique("no-cache"));
     let out = std::process::Command::new(crate::support::binary::binary())
         .args(["transform", "check"])

@@ -75,7 +75,12 @@ async fn masks_through_copy_and_stream(name: &str) {
         &mut running,
         "SELECT CAST(id AS CHAR), name, email, contact FROM people",
         &vec![
-            row(&[Some("1"), Some("Alice"), Some("a***@example.com"), Some("alice@example.com")]),
+            row(&[
+                Some("1"),
+                Some("Alice"),
+                Some("a***@example.com"),
+                Some("alice@example.com"),
+            ]),
             row(&[Some("2"), Some("Bob"), None, None]),
             row(&[Some("3"), Some("Carol"), Some("***"), Some("carol")]),
             row(&[Some("5"), Some("Eve"), Some("c***@long.example"), None]),
@@ -90,9 +95,19 @@ async fn masks_through_copy_and_stream(name: &str) {
         &mut running,
         "SELECT CAST(id AS CHAR), name, email, contact FROM people",
         &vec![
-            row(&[Some("1"), Some("Alice A."), Some("a***@example.com"), Some("alice@example.com")]),
+            row(&[
+                Some("1"),
+                Some("Alice A."),
+                Some("a***@example.com"),
+                Some("alice@example.com"),
+            ]),
             row(&[Some("2"), Some("Bob"), Some("***@b.example"), None]),
-            row(&[Some("4"), Some("Dora"), Some("d***@mail.example.org"), Some("dora@example.net")]),
+            row(&[
+                Some("4"),
+                Some("Dora"),
+                Some("d***@mail.example.org"),
+                Some("dora@example.net"),
+            ]),
             row(&[Some("5"), Some("Eve E."), Some("c***@long.example"), None]),
             row(&[Some("6"), Some("Fay"), Some(""), None]),
         ],
@@ -142,7 +157,10 @@ async fn checks_and_tests_offline(name: &str) {
     };
     let hashed = transform_test("mode=hash", format!("{line}\n{null}\n")).await;
     let stdout = stdout_of_success(&hashed, "transform test");
-    let digest: String = Sha256::digest(b"alice@example.com").iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = Sha256::digest(b"alice@example.com")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "one change out per change in:\n{stdout}");
     assert!(

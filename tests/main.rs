@@ -22,6 +22,7 @@ mod identity;
 mod keys;
 mod languages;
 mod large_transaction;
+mod metrics;
 mod partitions;
 mod privileges;
 mod refused_publish;

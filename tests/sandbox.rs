@@ -329,8 +329,10 @@ async fn a_sleeping_guest_never_stops_sigterm() {
 async fn a_batched_guest_fails_one_change_at_a_time() {
     let env = Env::new("batched").await;
     for table in ["orders", "panic", "spin", "sleep", "upper"] {
-        env.pg_exec(&format!("CREATE TABLE {table} (id INT PRIMARY KEY, note TEXT NOT NULL)"))
-            .await;
+        env.pg_exec(&format!(
+            "CREATE TABLE {table} (id INT PRIMARY KEY, note TEXT NOT NULL)"
+        ))
+        .await;
     }
     let pipeline = env
         .pipeline()
@@ -358,8 +360,16 @@ async fn a_batched_guest_fails_one_change_at_a_time() {
             .unwrap_or_else(|| panic!("no dead letter for {table}: {letters:?}"))
     };
     assert!(reason("panic").contains("trapped"), "{}", reason("panic"));
-    assert!(reason("spin").contains("ran for more than 100 ms"), "{}", reason("spin"));
-    assert!(reason("sleep").contains("waiting in a host call"), "{}", reason("sleep"));
+    assert!(
+        reason("spin").contains("ran for more than 100 ms"),
+        "{}",
+        reason("spin")
+    );
+    assert!(
+        reason("sleep").contains("waiting in a host call"),
+        "{}",
+        reason("sleep")
+    );
     env.wait_target(
         &pipeline,
         &mut running,
@@ -376,7 +386,11 @@ async fn a_batched_guest_fails_one_change_at_a_time() {
         secs(30),
     )
     .await;
-    assert_eq!(letters.len(), 3, "only the failing changes are dead-lettered: {letters:?}");
+    assert_eq!(
+        letters.len(),
+        3,
+        "only the failing changes are dead-lettered: {letters:?}"
+    );
     let (took, status) = running.terminate_within(secs(10)).await;
     assert!(status.is_some_and(|s| s.success()), "stopped in {took:?}: {status:?}");
 }

@@ -501,7 +501,14 @@ async fn transform_test_types_by_the_catalog_with_pg_url() {
              WHERE attrelid = 't'::regclass AND attnum > 0 ORDER BY attnum",
         )
         .await;
-    let values = [r#""{1,2,NULL}""#, "5", r#""happy""#, "12.50", r#""2026-01-02 03:04:05+00""#, r#""{\"k\": [1]}""#];
+    let values = [
+        r#""{1,2,NULL}""#,
+        "5",
+        r#""happy""#,
+        "12.50",
+        r#""2026-01-02 03:04:05+00""#,
+        r#""{\"k\": [1]}""#,
+    ];
     let line = |with_oids: bool| -> String {
         let columns: Vec<String> = oids
             .iter()
@@ -509,11 +516,18 @@ async fn transform_test_types_by_the_catalog_with_pg_url() {
             .map(|(row, value)| {
                 let (name, pg_type, oid) = (row[0].as_deref(), row[1].as_deref(), row[2].as_deref());
                 let (name, pg_type, oid) = (name.unwrap_or(""), pg_type.unwrap_or(""), oid.unwrap_or("0"));
-                let oid = if with_oids { format!(r#","typeoid":{oid}"#) } else { String::new() };
+                let oid = if with_oids {
+                    format!(r#","typeoid":{oid}"#)
+                } else {
+                    String::new()
+                };
                 format!(r#"{{"name":"{name}","type":"{pg_type}"{oid},"value":{value}}}"#)
             })
             .collect();
-        format!(r#"{{"action":"I","schema":"public","table":"t","columns":[{}]}}"#, columns.join(","))
+        format!(
+            r#"{{"action":"I","schema":"public","table":"t","columns":[{}]}}"#,
+            columns.join(",")
+        )
     };
     let identity = crate::support::binary::guest("identity").display().to_string();
     let pipeline = env.pipeline();
@@ -526,9 +540,17 @@ async fn transform_test_types_by_the_catalog_with_pg_url() {
         String::from_utf8(out.stdout).expect("utf-8")
     };
     let as_streamed = trial(line(true)).await;
-    assert!(as_streamed.contains(r#""type":"json","value":"[1,2,null]""#), "{as_streamed}");
-    assert_eq!(trial(line(false)).await, as_streamed, "typed by the catalog as by the OIDs");
-    let unknown = r#"{"action":"I","schema":"public","table":"t","columns":[{"name":"n","type":"no_such_type","value":5}]}"#;
+    assert!(
+        as_streamed.contains(r#""type":"json","value":"[1,2,null]""#),
+        "{as_streamed}"
+    );
+    assert_eq!(
+        trial(line(false)).await,
+        as_streamed,
+        "typed by the catalog as by the OIDs"
+    );
+    let unknown =
+        r#"{"action":"I","schema":"public","table":"t","columns":[{"name":"n","type":"no_such_type","value":5}]}"#;
     let out = pipeline
         .output_with_input(&["transform", "test", "--module", &identity], unknown, secs(60))
         .await;

@@ -91,7 +91,9 @@ fn main() {
     let baseline = measure(&mut none, &changes, &ctx);
     let identity_ns = measure(&mut with_identity, &changes, &ctx);
     let per_change_ns = measure(&mut per_change, &changes, &ctx);
-    println!("changes per round:        {CHANGES} (seed-table updates, {TRANSACTION} per transaction, best of {ROUNDS} rounds)");
+    println!(
+        "changes per round:        {CHANGES} (seed-table updates, {TRANSACTION} per transaction, best of {ROUNDS} rounds)"
+    );
     println!("no transform:             {baseline:>9.1} ns/change");
     println!("identity, 0.2.0 batched:  {identity_ns:>9.1} ns/change");
     println!("identity, 0.1.0 per call: {per_change_ns:>9.1} ns/change");

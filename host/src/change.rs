@@ -171,7 +171,9 @@ impl Target {
             return Some(format!("the declared target {name} has no columns"));
         }
         if let Some(missing) = self.key.iter().find(|k| !self.columns.iter().any(|c| &c.name == *k)) {
-            return Some(format!("the key column {missing} of the declared target {name} is not among its columns"));
+            return Some(format!(
+                "the key column {missing} of the declared target {name} is not among its columns"
+            ));
         }
         None
     }

@@ -10,6 +10,7 @@
 //! environment variable, by clap; the others are read from the environment here.
 
 use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub const DEFAULT_MARIADB_URL: &str = "mysql://mariadb:mariadb@127.0.0.1:3306/re
 pub const DEFAULT_SLOT: &str = "wasmcdc";
 /// Default `--tables`.
 pub const DEFAULT_TABLES: &str = "public.itrequests";
+/// Default `--metrics-addr`.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// The prefix of every setting's environment variable.
 pub const ENV_PREFIX: &str = "WASMCDC_";
 
@@ -73,6 +76,9 @@ pub enum ConfigError {
         "'{0}' in --tables is not a table name; use schema.table, separated by commas, with a name that holds dots, commas or quotes in double quotes as in psql: public.\"Order Items\""
     )]
     BadTable(String),
+    /// A `--metrics-addr` that is neither `IP:PORT` nor `off`.
+    #[error("--metrics-addr '{0}' is not an address to listen on; use IP:PORT such as 127.0.0.1:9464, or off")]
+    BadMetricsAddr(String),
     /// A slot name PostgreSQL would refuse.
     #[error("--slot '{0}' is not a valid slot name; use 1 to 63 lower-case letters, digits and underscores")]
     BadSlot(String),
@@ -149,6 +155,8 @@ pub struct Settings {
     pub transform_result_changes: usize,
     /// Transforms: MiB of text and binary values one change may become.
     pub transform_result_mib: usize,
+    /// Where `run`, `capture` and `apply` serve metrics, probes and the status page (`IP:PORT`), or `off`.
+    pub metrics_addr: String,
 }
 
 impl Default for Settings {
@@ -164,6 +172,7 @@ impl Default for Settings {
             tables: TableName::parse_list(DEFAULT_TABLES).unwrap_or_default(),
             transforms: Vec::new(),
             transform_config: Vec::new(),
+            metrics_addr: DEFAULT_METRICS_ADDR.to_owned(),
             batch_changes: capture.limits.batch_changes,
             chunk_changes: capture.limits.chunk_changes,
             message_bytes: capture.limits.message_bytes,
@@ -235,6 +244,16 @@ impl Settings {
         format!("{ENV_PREFIX}{}", key.to_uppercase().replace('-', "_"))
     }
 
+    /// The address to serve metrics on; `None` when `metrics-addr` is `off`
+    /// (a host name is resolved here).
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        let text = self.metrics_addr.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return None;
+        }
+        text.to_socket_addrs().ok()?.next()
+    }
+
     /// Refuses a slot name PostgreSQL would not take and numbers out of their range.
     fn check(&self) -> Result<(), ConfigError> {
         let slot = &self.slot;
@@ -245,6 +264,9 @@ impl Settings {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid_slot {
             return Err(ConfigError::BadSlot(slot.clone()));
+        }
+        if !self.metrics_addr.trim().eq_ignore_ascii_case("off") && self.metrics_listen().is_none() {
+            return Err(ConfigError::BadMetricsAddr(self.metrics_addr.clone()));
         }
         let n = |v: usize| v as u64;
         let ranges: [(&'static str, u64, u64, u64); 17] = [

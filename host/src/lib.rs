@@ -7,6 +7,7 @@ pub mod change;
 pub mod cli;
 pub mod config;
 pub mod logs;
+pub mod observe;
 pub mod pipeline;
 pub mod queue;
 pub mod source;

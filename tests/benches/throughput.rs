@@ -46,7 +46,10 @@ async fn bulk_drain(env: &Env, pipeline: &Pipeline, table: &str, round: usize) -
     let mut running = env.start(pipeline).await;
     while target_count(&my, table).await < ((round + 1) * BULK) as u64 {
         running.assert_alive();
-        assert!(started.elapsed() < Duration::from_secs(600), "the bulk insert was not drained within 10 minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the bulk insert was not drained within 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = started.elapsed();

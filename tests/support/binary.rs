@@ -139,6 +139,8 @@ impl Pipeline {
         ] {
             cmd.env_remove(var);
         }
+        // Tests run side by side: each process serves on a port of its own, named in its log.
+        cmd.env("WASMCDC_METRICS_ADDR", "127.0.0.1:0");
         cmd.stdin(Stdio::null());
         cmd
     }
@@ -410,6 +412,22 @@ impl Running {
         let child = self.child.as_mut().expect("the process is running");
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{} exited early ({status})\n{}", self.label, self.log_tail());
+        }
+    }
+
+    /// The `http://HOST:PORT` the process serves metrics, probes and the status page on, from its log.
+    pub async fn metrics_url(&mut self) -> String {
+        const SERVING: &str = "serving metrics, probes and the status page on ";
+        let deadline = super::Deadline::new(format!("{} to serve metrics", self.label), secs(30));
+        loop {
+            self.assert_alive();
+            let log = self.log();
+            if let Some(at) = log.find(SERVING) {
+                let url = &log[at + SERVING.len()..];
+                let end = url.find(|c: char| c.is_whitespace() || c == '"').unwrap_or(url.len());
+                return url[..end].trim_end_matches('/').to_owned();
+            }
+            deadline.tick(&self.log_tail()).await;
         }
     }
 

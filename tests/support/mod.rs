@@ -5,6 +5,7 @@ pub mod broker;
 pub mod cluster;
 pub mod db;
 pub mod env;
+pub mod http;
 pub mod proxy;
 pub mod wait;
 

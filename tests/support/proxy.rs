@@ -4,7 +4,9 @@
 //! - black hole: it still accepts connections, but answers nothing and
 //!   forwards nothing, neither on new connections nor on open ones. That is a
 //!   server that hangs, as opposed to one that is down and refuses connections;
-//! - answer delay: everything the server sends reaches the client that much later.
+//! - answer delay: everything the server sends reaches the client that much later;
+//! - down: open connections are closed and new ones closed at once, as when
+//!   the server is stopped.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use tokio::time::Instant;
 #[derive(Clone, Copy, Debug, Default)]
 struct Link {
     black_hole: bool,
+    down: bool,
     answer_delay: Duration,
 }
 
@@ -86,6 +89,11 @@ impl Proxy {
         self.link.send_modify(|l| l.black_hole = on);
     }
 
+    /// Switches down mode on or off: while on, every connection is closed as soon as it is made.
+    pub fn set_down(&self, on: bool) {
+        self.link.send_modify(|l| l.down = on);
+    }
+
     /// Delays what the server sends by `delay` (zero: no delay), in order, on every connection.
     pub fn set_answer_delay(&self, delay: Duration) {
         self.link.send_modify(|l| l.answer_delay = delay);
@@ -100,6 +108,9 @@ impl Drop for Proxy {
 
 /// One client connection.
 async fn serve(mut client: TcpStream, upstream: Option<String>, link: watch::Receiver<Link>) {
+    if link.borrow().down {
+        return;
+    }
     let hole = link.borrow().black_hole;
     let Some(upstream) = upstream.filter(|_| !hole) else {
         // Swallow whatever the client sends, so its writes never block, and say nothing.
@@ -132,6 +143,9 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
     let mut held: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     loop {
         let now = *link.borrow_and_update();
+        if now.down {
+            return;
+        }
         let delay = if answers { now.answer_delay } else { Duration::ZERO };
         let due = held
             .front()

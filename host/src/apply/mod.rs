@@ -351,6 +351,7 @@ async fn retrying<T>(
         match write().await {
             Ok(v) => {
                 if let Some(since) = since {
+                    crate::observe::mariadb_recovered();
                     tracing::info!(
                         "MariaDB answers again after {} s; {what} succeeded",
                         since.elapsed().as_secs()
@@ -360,6 +361,7 @@ async fn retrying<T>(
             }
             Err(e) if is_transient(&e) => {
                 let since = *since.get_or_insert_with(Instant::now);
+                crate::observe::mariadb_retrying(what, &e);
                 tracing::warn!(
                     "MariaDB is unavailable while {what} ({e}); retrying in {} s (failing for {} s)",
                     delay.as_secs(),
@@ -560,7 +562,13 @@ impl Apply<'_> {
             // Columns added in PostgreSQL, before the final chunk applies every staged one.
             let (pool, known, declared) = (self.pool, &mut self.known, &self.declared);
             retrying("adding new columns", self.shutdown, async || {
-                add_new_columns(pool, known, declared, message.transactions.iter().flat_map(|t| &t.changes)).await
+                add_new_columns(
+                    pool,
+                    known,
+                    declared,
+                    message.transactions.iter().flat_map(|t| &t.changes),
+                )
+                .await
             })
             .await
             .map_err(ApplyError::from)?;
@@ -841,7 +849,13 @@ impl Apply<'_> {
         learn_targets(&mut self.declared, &final_chunk.targets);
         let (known, declared) = (&mut self.known, &self.declared);
         retrying("adding new columns", self.shutdown, async || {
-            add_new_columns(pool, known, declared, final_chunk.transactions.iter().flat_map(|t| &t.changes)).await
+            add_new_columns(
+                pool,
+                known,
+                declared,
+                final_chunk.transactions.iter().flat_map(|t| &t.changes),
+            )
+            .await
         })
         .await
         .map_err(ApplyError::from)?;
@@ -1003,6 +1017,7 @@ async fn apply_units(
     units: &[Unit],
     max_bytes: usize,
 ) -> Result<(), sqlx::Error> {
+    let mut applied = crate::observe::Applied::begin();
     let mut tx = pool.begin().await?;
     let mut offset = offsets::lock(&mut tx, pipeline).await?;
     check_from(pipeline, from, offset)?;
@@ -1015,6 +1030,7 @@ async fn apply_units(
                 continue;
             }
             apply_changes(&mut tx, &transaction.changes, max_bytes).await?;
+            applied.add(transaction);
         }
         if let Some(to) = unit.to.filter(|to| *to > offset) {
             offset = to;
@@ -1024,7 +1040,9 @@ async fn apply_units(
     if let Some(transforms) = transforms.filter(|_| offset != start) {
         offsets::write(&mut tx, pipeline, offset, &transforms).await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    applied.committed();
+    Ok(())
 }
 
 /// One MariaDB transaction: staged chunks `0..index` and the final chunk, the offset, and an empty staging table.
@@ -1039,6 +1057,7 @@ async fn apply_staged(
     transforms: &[String],
     max_bytes: usize,
 ) -> Result<usize, sqlx::Error> {
+    let mut applied = crate::observe::Applied::begin();
     let mut tx = pool.begin().await?;
     let offset = offsets::lock(&mut tx, pipeline).await?;
     if offset >= commit_lsn {
@@ -1059,16 +1078,19 @@ async fn apply_staged(
         let chunk = decode_message(&body, pipeline).map_err(sqlx::Error::Protocol)?;
         for t in &chunk.transactions {
             apply_changes(&mut tx, &t.changes, max_bytes).await?;
+            applied.add(t);
             changes += t.changes.len();
         }
     }
     for t in &final_chunk.transactions {
         apply_changes(&mut tx, &t.changes, max_bytes).await?;
+        applied.add(t);
         changes += t.changes.len();
     }
     staging::delete_applied(&mut tx, pipeline, commit_lsn).await?;
     offsets::write(&mut tx, pipeline, commit_lsn, &transforms.join(",")).await?;
     tx.commit().await?;
+    applied.committed();
     Ok(changes)
 }
 

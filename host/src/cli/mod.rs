@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{ApplyError, Progress};
 use crate::config::{ConfigError, Settings};
 use crate::logs::LogFormat;
+use crate::observe::{self, ObserveError, Stage};
 use crate::pipeline::{Failure, NotDrained, Offsets, Refusal, supervise};
 use crate::queue::QueueError;
 use crate::queue::capture::{CaptureError, Transforms};
@@ -102,6 +103,10 @@ struct GlobalArgs {
         default_value_t = LogFormat::Text
     )]
     log_format: LogFormat,
+    /// Where `run`, `capture` and `apply` serve /metrics, /healthz, /readyz and the status page, or `off` [default: 127.0.0.1:9464].
+    #[arg(long, env = "WASMCDC_METRICS_ADDR", global = true, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +221,9 @@ pub enum Error {
     /// A stage that did not stop in time after shutdown.
     #[error(transparent)]
     NotDrained(#[from] NotDrained),
+    /// The metrics and status server.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
     /// A network step of a one-shot command got no answer in time.
     #[error("timed out after {secs} s while {step}; check that the server is reachable and not overloaded")]
     Timeout {
@@ -306,18 +314,21 @@ async fn dispatch(
 ) -> Result<ExitCode, Error> {
     match command {
         Command::Run => {
+            let _observer = observe::start(settings, &[Stage::Capture, Stage::Apply], shutdown).await?;
             supervise("the pipeline", shutdown, settings.backoff(), async |up| {
                 run::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
         Command::Capture => {
+            let _observer = observe::start(settings, &[Stage::Capture], shutdown).await?;
             supervise("the capture", shutdown, settings.backoff(), async |up| {
                 capture::run(settings, shutdown.clone(), up).await
             })
             .await?
         }
         Command::Apply => {
+            let _observer = observe::start(settings, &[Stage::Apply], shutdown).await?;
             supervise("the apply", shutdown, settings.backoff(), async |up| {
                 apply::run(settings, shutdown.clone(), up).await
             })
@@ -433,6 +444,7 @@ pub(super) fn load_chain(settings: &Settings) -> Result<TransformChain, Error> {
     for (path, hash) in settings.transforms.iter().zip(chain.hashes()) {
         tracing::info!(module = %path.display(), %hash, "transform loaded");
     }
+    observe::chain_loaded(&settings.transforms, chain.hashes());
     Ok(chain)
 }
 

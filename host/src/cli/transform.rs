@@ -7,7 +7,11 @@ use crate::config::Settings;
 use crate::source::PgTarget;
 use crate::transform::{TypeOids, guest_code};
 
-pub(super) async fn execute(command: TransformCommand, settings: &Settings, catalog: Option<String>) -> Result<(), Error> {
+pub(super) async fn execute(
+    command: TransformCommand,
+    settings: &Settings,
+    catalog: Option<String>,
+) -> Result<(), Error> {
     let config = settings.transform_config.clone();
     let limits = settings.transform_limits();
     let types = match (&command, catalog) {

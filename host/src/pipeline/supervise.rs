@@ -22,6 +22,7 @@ pub struct Up(OnceLock<Instant>);
 impl Up {
     /// Records that the attempt is up, now; later calls keep the first instant.
     pub fn mark_up(&self) {
+        crate::observe::up();
         let _ = self.0.set(Instant::now());
     }
 
@@ -163,6 +164,7 @@ where
             Err(e) => e,
         };
         let retry = backoff.next_delay(ran, Instant::now());
+        crate::observe::reconnecting(&error);
         tracing::warn!(
             "{stage} stopped: {error}; retrying in {} s (failing for {} s)",
             retry.delay.as_secs(),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::TableDef;
 use crate::catalog::TableName;
 use crate::change::{Change, Lsn, Message, Op, Transaction, TxContext};
+use crate::observe;
 use crate::queue::batcher::{Batcher, Limits, Outgoing};
 use crate::queue::{Broker, DeadLetter, PendingConfirm, QueueError};
 use crate::source::relations::Relations;
@@ -141,10 +142,7 @@ pub async fn run(
         Instant::now(),
         session,
     );
-    batcher.set_transforms(
-        transforms.chain.hashes().to_vec(),
-        transforms.chain.targets().to_vec(),
-    );
+    batcher.set_transforms(transforms.chain.hashes().to_vec(), transforms.chain.targets().to_vec());
     let mut chain = transforms.chain;
     chain.stop_when(shutdown.clone());
     let mut capture = Capture {
@@ -319,6 +317,7 @@ impl Capture<'_> {
                     chain.stop_when(self.stop.clone());
                     self.batcher
                         .set_transforms(chain.hashes().to_vec(), chain.targets().to_vec());
+                    observe::chain_swapped(chain.hashes());
                     self.chain = chain;
                 }
                 let context = TxContext {
@@ -341,6 +340,7 @@ impl Capture<'_> {
                 let Some(def) = self.relations.resolve(&mut change, context.commit_lsn).await? else {
                     return Ok(());
                 };
+                observe::captured(&change);
                 // Before any transform: a rewrite must see what the update left out. The
                 // whole old row is trusted only under FULL: a USING INDEX identity can
                 // look whole when an update leaves a TOASTed value out.
@@ -444,6 +444,7 @@ impl Capture<'_> {
             return Ok(());
         }
         for outgoing in std::mem::take(&mut self.out) {
+            observe::published(&outgoing.message);
             let confirm = self.broker.publish(&outgoing.message).await?;
             self.tracker
                 .send((outgoing.confirms, confirm))
@@ -487,7 +488,13 @@ pub(crate) async fn transform_changes(
     }
     // The untransformed changes, for the dead letters of those refused.
     let originals = changes.clone();
+    let started = Instant::now();
     let outcomes = guest_code(|| chain.apply_batch(changes, context));
+    observe::transform_called(
+        chain.hashes(),
+        started,
+        outcomes.iter().filter_map(|o| o.as_ref().err()),
+    );
     if outcomes.iter().any(|o| matches!(o, Err(TransformError::Stopped))) {
         return Ok(false);
     }

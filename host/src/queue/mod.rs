@@ -308,7 +308,9 @@ impl Broker {
             )
             .await
             .map_err(broker("dead-lettering"))?;
-        PendingConfirm(confirm).wait().await
+        PendingConfirm(confirm).wait().await?;
+        crate::observe::dead_lettered(why, body);
+        Ok(())
     }
 
     /// Starts consuming the pipeline's queue with at most `prefetch` unacknowledged messages.

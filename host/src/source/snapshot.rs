@@ -98,6 +98,7 @@ pub async fn initial_copy(
             .await
             .map_err(query)?
             .get(0);
+        crate::observe::copy_started(&def.name, total);
         let exprs: Vec<String> = def
             .columns
             .iter()
@@ -169,9 +170,19 @@ pub async fn initial_copy(
                 );
                 return Ok(None);
             }
-            apply::write_rows(pool, &mut known, broker, pipeline, chain.hashes(), chain.targets(), &context, &rows)
-                .await?;
+            apply::write_rows(
+                pool,
+                &mut known,
+                broker,
+                pipeline,
+                chain.hashes(),
+                chain.targets(),
+                &context,
+                &rows,
+            )
+            .await?;
             copied += fetched;
+            crate::observe::copied(&def.name, fetched);
             tracing::info!(table = %def.name, copied, total, "initial copy");
         }
         pg.batch_execute("CLOSE wasmcdc_copy").await.map_err(query)?;

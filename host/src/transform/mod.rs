@@ -899,7 +899,10 @@ mod tests {
         assert!(text.contains("init: accepts an empty configuration"), "{text}");
         let old = check(&component("probe")).expect("a 0.1.0 component is valid");
         assert_eq!(old.world, "wasmcdc:transform@0.1.0");
-        assert!(old.to_string().ends_with("valid: it fits the wasmcdc:transform@0.1.0 `transformer` world"));
+        assert!(
+            old.to_string()
+                .ends_with("valid: it fits the wasmcdc:transform@0.1.0 `transformer` world")
+        );
         let report = check(&component("mask_columns")).expect("valid but needs config");
         assert!(report.init.is_err());
         assert!(
@@ -942,19 +945,36 @@ mod tests {
             // Tables already sent serve the next batch.
             let again = chain.apply_batch(batch.clone(), &ctx());
             assert_eq!(again.len(), batch.len());
-            assert_eq!(again.into_iter().map(|o| o.expect("passed")).collect::<Vec<_>>(), expected);
+            assert_eq!(
+                again.into_iter().map(|o| o.expect("passed")).collect::<Vec<_>>(),
+                expected
+            );
         }
     }
 
     #[test]
     fn a_batch_isolates_the_change_that_fails() {
         let mut chain = TransformChain::load(&[component("probe_batched")], &[]).expect("load");
-        let tables = ["itrequests", "panic", "orders", "reject", "upper", "drop", "sleep", "spin", "itrequests"];
+        let tables = [
+            "itrequests",
+            "panic",
+            "orders",
+            "reject",
+            "upper",
+            "drop",
+            "sleep",
+            "spin",
+            "itrequests",
+        ];
         let batch: Vec<Change> = tables.iter().map(|t| change(Op::Insert, t)).collect();
         let started = std::time::Instant::now();
         let out = chain.apply_batch(batch.clone(), &ctx());
         // One deadline for the batch, then one per change that fails alone.
-        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
         assert_eq!(out.len(), tables.len());
         let failure = |i: usize| match &out[i] {
             Err(e) => e.to_string(),
@@ -963,7 +983,11 @@ mod tests {
         assert_eq!(out[0].as_ref().expect("first"), &vec![batch[0].clone()]);
         assert!(failure(1).contains("failed: it trapped"), "{}", failure(1));
         assert_eq!(out[2].as_ref().expect("orders"), &vec![batch[2].clone()]);
-        assert!(failure(3).ends_with("rejected the change: rejected on request"), "{}", failure(3));
+        assert!(
+            failure(3).ends_with("rejected the change: rejected on request"),
+            "{}",
+            failure(3)
+        );
         let upper = out[4].as_ref().expect("upper");
         assert_eq!(text_of(&upper[0], "t"), "REPAIR LAPTOP ✓");
         assert_eq!(upper[0].columns.len(), batch[4].columns.len());
@@ -992,7 +1016,11 @@ mod tests {
         let target = &chain.targets()[0];
         assert_eq!((target.schema.as_str(), target.table.as_str()), ("archive", "tickets"));
         assert_eq!(target.key, ["id"]);
-        let types: Vec<_> = target.columns.iter().map(|c| (c.name.as_str(), c.pg_type.as_str())).collect();
+        let types: Vec<_> = target
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.pg_type.as_str()))
+            .collect();
         assert_eq!(types, [("id", "bigint"), ("summary", "text")]);
     }
 
@@ -1069,7 +1097,8 @@ mod tests {
         assert_eq!(typed.columns[1].value, Value::Text("happy".into()));
         assert_eq!(typed.columns[2].value, Value::Int(7));
         assert_eq!(catalog.0, ["posint", "mood"], "columns with an OID are not looked up");
-        let unknown = r#"{"action":"I","schema":"public","table":"t","columns":[{"name":"x","type":"nope","value":1}]}"#;
+        let unknown =
+            r#"{"action":"I","schema":"public","table":"t","columns":[{"name":"x","type":"nope","value":1}]}"#;
         let err = run_test(
             &[component("identity")],
             &[],
