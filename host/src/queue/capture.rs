@@ -501,7 +501,14 @@ pub(crate) async fn transform_changes(
     for (change, outcome) in originals.into_iter().zip(outcomes) {
         let e = match outcome {
             Ok(changes) => {
-                out.extend(changes);
+                // The key an insert was given is for a table made from a routed change;
+                // one that stays in its source table, which exists, needs no key on the wire.
+                out.extend(changes.into_iter().map(|mut c| {
+                    if c.op == Op::Insert && c.table == change.table && c.schema == change.schema {
+                        c.key.clear();
+                    }
+                    c
+                }));
                 continue;
             }
             Err(e) => e,
