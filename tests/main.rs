@@ -26,6 +26,7 @@ mod metrics;
 mod partitions;
 mod privileges;
 mod refused_publish;
+mod reorder;
 mod restart;
 mod routing;
 mod sandbox;

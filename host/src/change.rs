@@ -275,6 +275,23 @@ impl Message {
         }
     }
 
+    /// The message without its transactions and declarations: where it stands in the stream.
+    pub fn header(&self) -> Message {
+        Message {
+            format: self.format,
+            pipeline: self.pipeline.clone(),
+            prev_lsn: self.prev_lsn,
+            first_lsn: self.first_lsn,
+            last_lsn: self.last_lsn,
+            xids: Vec::new(),
+            transforms: Vec::new(),
+            chunk: self.chunk,
+            replay: self.replay,
+            targets: Vec::new(),
+            transactions: Vec::new(),
+        }
+    }
+
     /// Number of changes carried.
     pub fn change_count(&self) -> usize {
         self.transactions.iter().map(|t| t.changes.len()).sum()

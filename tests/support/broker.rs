@@ -24,10 +24,9 @@ pub async fn queue_depth(name: &str) -> u32 {
     queue.message_count()
 }
 
-/// Publishes `body` as a persistent message to the pipeline exchange `exchange`, with the change routing key.
-pub async fn publish_raw(exchange: &str, body: &[u8]) {
-    use lapin::BasicProperties;
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+/// A connection to RabbitMQ, and a channel on it in confirm mode.
+pub async fn confirming_channel() -> (Connection, lapin::Channel) {
+    use lapin::options::ConfirmSelectOptions;
     let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| panic!("cannot connect to RabbitMQ at {AMQP_URL}: {e}"));
@@ -36,6 +35,14 @@ pub async fn publish_raw(exchange: &str, body: &[u8]) {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm mode");
+    (connection, channel)
+}
+
+/// Publishes `body` as a persistent message to the pipeline exchange `exchange`, with the change routing key.
+pub async fn publish_raw(exchange: &str, body: &[u8]) {
+    use lapin::BasicProperties;
+    use lapin::options::BasicPublishOptions;
+    let (connection, channel) = confirming_channel().await;
     let confirm = channel
         .basic_publish(
             exchange.into(),

@@ -36,7 +36,16 @@ pub async fn my_connect(url: &str) -> MySqlPool {
 pub async fn pg_exec(pg: &Client, sql: &str) {
     pg.batch_execute(sql)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL refused {sql:?}: {e}"));
+        .unwrap_or_else(|e| panic!("PostgreSQL refused {sql:?}: {}", pg_error(&e)));
+}
+
+/// A PostgreSQL error with the server's own message and code, which the
+/// client's `Display` leaves out ("db error").
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// Runs one statement in MariaDB.
@@ -52,7 +61,7 @@ pub async fn pg_rows(pg: &Client, sql: &str) -> Rows {
     let messages = pg
         .simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL refused {sql:?}: {e}"));
+        .unwrap_or_else(|e| panic!("PostgreSQL refused {sql:?}: {}", pg_error(&e)));
     let mut rows: Rows = messages
         .iter()
         .filter_map(|m| match m {

@@ -114,6 +114,11 @@ impl Assembler {
         self.waiting
     }
 
+    /// Records that the stream has a hole that only a re-send from the capture fills.
+    pub fn await_resend(&mut self) {
+        self.waiting = true;
+    }
+
     /// The large transaction being staged, if any.
     pub fn staged(&self) -> Option<Staged> {
         self.staged
@@ -135,6 +140,38 @@ impl Assembler {
             Some(c) if c.index > 0 => !self
                 .staged
                 .is_some_and(|s| s.commit_lsn == message.last_lsn && s.session == c.session && c.index <= s.next),
+            _ => false,
+        }
+    }
+
+    /// Of the messages held back for their turn, the one to take next, if any is due.
+    ///
+    /// Due means it would no longer be refused ([`Self::needs_resync`]). The earliest in
+    /// the stream goes first; of two copies of a large transaction, the one cut by the
+    /// later capture session, which supersedes the other. A first chunk cut by an
+    /// earlier session than the chunks being staged is not due: it would restart the
+    /// staging with a copy that may never be completed. It stays held until the stream
+    /// passes it, when it is skipped.
+    pub fn next_held<'a>(&self, held: impl IntoIterator<Item = &'a Message>) -> Option<usize> {
+        held.into_iter()
+            .enumerate()
+            .filter(|(_, m)| !self.needs_resync(m) && !self.superseded(m))
+            .min_by_key(|(_, m)| {
+                (
+                    m.prev_lsn,
+                    std::cmp::Reverse(m.chunk.map(|c| c.session)),
+                    m.chunk.map(|c| c.index),
+                )
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// A first chunk of the transaction being staged, cut by an earlier capture session.
+    fn superseded(&self, m: &Message) -> bool {
+        match (m.chunk, self.staged) {
+            (Some(c), Some(s)) => {
+                m.last_lsn > self.reached && c.index == 0 && s.commit_lsn == m.last_lsn && c.session < s.session
+            }
             _ => false,
         }
     }
@@ -555,6 +592,87 @@ mod tests {
         assert!(!a.needs_resync(&msg(10, &[20], 20)));
         assert!(!a.needs_resync(&chunk(10, 50, 0, false)));
         assert!(!a.needs_resync(&msg(0, &[5], 5)), "already applied");
+    }
+
+    /// Takes the held message `next_held` picks, and what the assembler decides for it.
+    fn take_held(a: &mut Assembler, held: &mut Vec<Message>) -> Option<Step> {
+        let i = a.next_held(held.iter())?;
+        Some(a.on_message(held.remove(i)))
+    }
+
+    #[test]
+    fn messages_delivered_in_reverse_are_taken_in_stream_order() {
+        let mut a = Assembler::new(Lsn(10), None);
+        let mut held = vec![msg(30, &[40], 40), msg(20, &[30], 30)];
+        assert_eq!(a.next_held(held.iter()), None, "nothing is due before 10..20 arrives");
+        assert_eq!(applied(a.on_message(msg(10, &[20], 20))), [20]);
+        assert_eq!(take_held(&mut a, &mut held).map(applied), Some(vec![30]));
+        assert_eq!(take_held(&mut a, &mut held).map(applied), Some(vec![40]));
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_held_duplicate_is_skipped_once_its_copy_is_applied() {
+        let mut a = Assembler::new(Lsn(10), None);
+        let mut held = vec![msg(20, &[30], 30), msg(20, &[30], 30)];
+        assert_eq!(applied(a.on_message(msg(10, &[20], 20))), [20]);
+        assert_eq!(take_held(&mut a, &mut held).map(applied), Some(vec![30]));
+        assert_eq!(take_held(&mut a, &mut held), Some(Step::Skip));
+        assert_eq!(take_held(&mut a, &mut held), None);
+    }
+
+    #[test]
+    fn held_chunks_are_staged_in_order() {
+        let mut a = Assembler::new(Lsn(10), None);
+        let mut held = vec![chunk(10, 50, 2, true), chunk(10, 50, 1, false)];
+        assert_eq!(a.next_held(held.iter()), None, "chunks 1 and 2 wait for chunk 0");
+        assert!(matches!(
+            a.on_message(chunk(10, 50, 0, false)),
+            Step::Stage { index: 0, .. }
+        ));
+        assert!(matches!(
+            take_held(&mut a, &mut held),
+            Some(Step::Stage { index: 1, .. })
+        ));
+        assert!(matches!(
+            take_held(&mut a, &mut held),
+            Some(Step::Finish { index: 2, .. })
+        ));
+        assert_eq!(a.reached(), Lsn(50));
+    }
+
+    #[test]
+    fn the_later_sessions_copy_of_a_large_transaction_wins() {
+        let with_session = |mut m: Message, session: u64| {
+            if let Some(c) = m.chunk.as_mut() {
+                c.session = session;
+            }
+            m
+        };
+        let mut a = Assembler::new(Lsn(10), None);
+        // Session 1 was cut short; session 2 sent the whole transaction again, and a
+        // departed consumer's messages came back in a muddle.
+        let mut held = vec![
+            with_session(chunk(10, 50, 1, true), 2),
+            with_session(chunk(10, 50, 0, false), 1),
+            with_session(chunk(10, 50, 0, false), 2),
+        ];
+        assert!(matches!(
+            take_held(&mut a, &mut held),
+            Some(Step::Stage {
+                index: 0,
+                restart: false,
+                ..
+            })
+        ));
+        assert_eq!(a.staged().map(|s| s.session), Some(2));
+        // Session 1's first chunk would restart the staging: it waits, and is skipped at the end.
+        assert!(matches!(
+            take_held(&mut a, &mut held),
+            Some(Step::Finish { index: 1, .. })
+        ));
+        assert_eq!(take_held(&mut a, &mut held), Some(Step::Skip));
+        assert!(held.is_empty());
     }
 
     #[test]

@@ -8,10 +8,17 @@
 //! and large transactions are staged chunk by chunk ([`staging`]). The result
 //! is at-least-once delivery with an exactly-once effect.
 //!
+//! Nothing assumes that RabbitMQ hands messages over in the order they were
+//! published: a quorum queue redelivers the messages of a consumer that went
+//! away in an order of its own. A message that arrives before the one it
+//! follows is held, unacknowledged, and applied in its turn ([`Held`]); the
+//! [`acks`] ledger keeps every acknowledgement from covering it meanwhile.
+//!
 //! Errors are classified: a lock wait, a deadlock, a killed query or a lost
 //! connection is retried in place with backoff and never dead-lettered; only an
 //! error caused by the data sends its source transaction to the dead-letter queue.
 
+pub mod acks;
 pub mod assembler;
 pub mod offsets;
 mod sql;
@@ -24,6 +31,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
 use tokio_util::sync::CancellationToken;
 
+use self::acks::{Ack, Ledger};
 use self::assembler::{Assembler, Step};
 pub use self::sql::KnownColumns;
 use self::sql::{add_new_columns, apply_changes, statement_bytes};
@@ -395,8 +403,8 @@ struct Group {
     changes: usize,
     bytes: usize,
     messages: usize,
-    /// The last delivery covered by the group; acknowledged (with all before it) once it commits.
-    last_tag: Option<u64>,
+    /// The deliveries the group settles; acknowledged once it commits.
+    tags: Vec<u64>,
 }
 
 impl Group {
@@ -419,6 +427,19 @@ struct Apply<'a> {
     statement_bytes: usize,
     assembler: Assembler,
     group: Group,
+    ledger: Ledger,
+    held: Vec<Held>,
+}
+
+/// A delivery that arrived before the message it follows (RabbitMQ redelivers
+/// in an order of its own), or a chunk before the chunk it follows. It stays
+/// unacknowledged, so RabbitMQ still holds it if the apply stops, and is
+/// applied once the stream reaches it.
+struct Held {
+    tag: u64,
+    body: Vec<u8>,
+    /// The message without its transactions: what decides when its turn comes.
+    header: Message,
 }
 
 /// Consumes the pipeline's queue and applies it until `shutdown` fires, then
@@ -450,6 +471,8 @@ pub async fn run(
         statement_bytes: statement_bytes(pool).await,
         assembler: Assembler::new(offset, staged),
         group: Group::default(),
+        ledger: Ledger::default(),
+        held: Vec::new(),
     };
     // While the stream has a gap: when the queue first went quiet with the slot past it.
     let mut gap_suspected: Option<Instant> = None;
@@ -457,7 +480,7 @@ pub async fn run(
     let outcome: Result<(), ApplyError> = async {
         loop {
             let holding = !apply.group.is_empty();
-            let waiting = apply.assembler.waiting();
+            let waiting = apply.assembler.waiting() || !apply.held.is_empty();
             let delivery = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
@@ -489,7 +512,9 @@ pub async fn run(
                 }
                 Some(Ok(d)) => d,
             };
-            apply.on_delivery(delivery.delivery_tag, &delivery.data).await?;
+            apply.ledger.received(delivery.delivery_tag);
+            apply.on_delivery(delivery.delivery_tag, delivery.data).await?;
+            apply.release_held().await?;
         }
     }
     .await;
@@ -539,8 +564,8 @@ fn decode_message(body: &[u8], pipeline: &str) -> Result<Message, String> {
 }
 
 impl Apply<'_> {
-    async fn on_delivery(&mut self, tag: u64, body: &[u8]) -> Result<(), ApplyError> {
-        let message = match decode_message(body, self.pipeline) {
+    async fn on_delivery(&mut self, tag: u64, body: Vec<u8>) -> Result<(), ApplyError> {
+        let message = match decode_message(&body, self.pipeline) {
             Ok(m) => m,
             // A message of ours this version cannot read: dead-lettering it would leave a
             // gap in the stream, so the apply stops and it stays in the queue.
@@ -553,7 +578,7 @@ impl Apply<'_> {
                     lsn: String::new(),
                     table: String::new(),
                 };
-                self.broker.dead_letter(body, &why).await?;
+                self.broker.dead_letter(&body, &why).await?;
                 return self.settle(tag).await;
             }
         };
@@ -579,6 +604,20 @@ impl Apply<'_> {
             let offset = applied_offset(self.pool, self.pipeline).await?.unwrap_or_default();
             let staged = staging::restore(self.pool, self.pipeline, offset).await?;
             self.assembler.resync(offset, staged);
+            // Still ahead of the stream: held for its turn while the window has room
+            // for the message it waits for, as RabbitMQ sends no more than the window.
+            if self.assembler.needs_resync(&message) && self.ledger.open() < usize::from(self.opts.prefetch) {
+                tracing::debug!(
+                    prev_lsn = ?message.prev_lsn, lsn = %message.last_lsn, reached = %self.assembler.reached(),
+                    "holding a message that arrived before the one it follows"
+                );
+                self.held.push(Held {
+                    tag,
+                    body,
+                    header: message.header(),
+                });
+                return Ok(());
+            }
         }
         let transforms = message.transforms.clone();
         let (chunk, prev_lsn) = (message.chunk, message.prev_lsn.unwrap_or_default());
@@ -613,9 +652,9 @@ impl Apply<'_> {
             Step::Gap { reached, prev_lsn } => {
                 tracing::warn!(
                     %reached, %prev_lsn,
-                    "a message starts at {prev_lsn} but the target holds only {reached}: the transactions between are missing from the queue, so it is not applied; the capture sends them again from the slot"
+                    "a message starts at {prev_lsn} but the target holds only {reached}, and the prefetch window is full of messages held for their turn, so it is not applied; the capture sends it again from the slot"
                 );
-                self.settle(tag).await
+                self.settle_past_gap(tag).await
             }
             Step::MissingChunk {
                 commit_lsn,
@@ -624,9 +663,9 @@ impl Apply<'_> {
             } => {
                 tracing::warn!(
                     lsn = %commit_lsn, ?expected, got,
-                    "chunk {got} of the transaction committed at {commit_lsn} arrived without the chunks before it, so nothing of it is applied; the capture sends the whole transaction again from the slot"
+                    "chunk {got} of the transaction committed at {commit_lsn} arrived without the chunks before it, and the prefetch window is full of messages held for their turn, so nothing of it is applied; the capture sends the whole transaction again from the slot"
                 );
-                self.settle(tag).await
+                self.settle_past_gap(tag).await
             }
             Step::Stage {
                 commit_lsn,
@@ -644,7 +683,7 @@ impl Apply<'_> {
                 });
                 let (pool, pipeline) = (self.pool, self.pipeline);
                 retrying("staging a chunk of a large transaction", self.shutdown, async || {
-                    staging::stage(pool, pipeline, commit_lsn, prev_lsn, chunk, body).await
+                    staging::stage(pool, pipeline, commit_lsn, prev_lsn, chunk, &body).await
                 })
                 .await
                 .map_err(ApplyError::from)?;
@@ -659,7 +698,7 @@ impl Apply<'_> {
                 prev_lsn,
             } => {
                 self.commit().await?;
-                self.finish(commit_lsn, index, prev_lsn, body, &transforms).await?;
+                self.finish(commit_lsn, index, prev_lsn, &body, &transforms).await?;
                 self.ack(tag).await
             }
         }
@@ -681,17 +720,19 @@ impl Apply<'_> {
         self.group.changes += transactions.iter().map(|t| t.changes.len()).sum::<usize>();
         self.group.bytes += bytes;
         self.group.messages += 1;
-        self.group.last_tag = Some(tag);
+        self.group.tags.push(tag);
         self.group.units.push(Unit {
             transactions,
             to,
             transforms,
         });
-        // Commit before the group holds half the prefetch window: RabbitMQ sends no more
-        // than the window, and a group waiting for more would wait for ever.
+        // Commit before the group holds half of the prefetch window that held messages
+        // leave: RabbitMQ sends no more than the window, and a group waiting for more
+        // would wait for ever.
+        let window = usize::from(self.opts.prefetch).saturating_sub(self.held.len());
         let full = self.group.changes >= self.opts.group_changes
             || self.group.bytes >= self.opts.group_bytes
-            || self.group.messages >= usize::from(self.opts.prefetch / 2).max(1);
+            || self.group.messages >= (window / 2).max(1);
         if full {
             self.commit().await?;
         }
@@ -699,18 +740,59 @@ impl Apply<'_> {
     }
 
     /// Settles a delivery that needs no write: at once when nothing is pending before it,
-    /// otherwise with the group (acknowledgements are cumulative).
+    /// otherwise with the group, so that it joins the group's cumulative acknowledgement.
     async fn settle(&mut self, tag: u64) -> Result<(), ApplyError> {
         if self.group.is_empty() {
             self.ack(tag).await
         } else {
-            self.group.last_tag = Some(tag);
+            self.group.tags.push(tag);
             Ok(())
         }
     }
 
-    async fn ack(&self, tag: u64) -> Result<(), ApplyError> {
-        Ok(self.broker.ack_through(tag).await?)
+    async fn ack(&mut self, tag: u64) -> Result<(), ApplyError> {
+        self.acknowledge(vec![tag]).await
+    }
+
+    /// Acknowledges `tags`, whose effect is durable, without touching a held delivery.
+    async fn acknowledge(&mut self, tags: Vec<u64>) -> Result<(), ApplyError> {
+        for ack in self.ledger.done(tags) {
+            match ack {
+                Ack::Through(tag) => self.broker.ack_through(tag).await?,
+                Ack::One(tag) => self.broker.ack_one(tag).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the held messages whose turn has come, in the order the assembler picks.
+    async fn release_held(&mut self) -> Result<(), ApplyError> {
+        while let Some(i) = self.assembler.next_held(self.held.iter().map(|h| &h.header)) {
+            let held = self.held.remove(i);
+            self.on_delivery(held.tag, held.body).await?;
+        }
+        Ok(())
+    }
+
+    /// A message past a gap, with no room left to hold it: it may be acknowledged
+    /// unapplied only if the capture will send it again, which it does when the slot
+    /// is not confirmed past what the target holds. Otherwise it may be the only copy,
+    /// so the apply stops and leaves it in the queue.
+    async fn settle_past_gap(&mut self, tag: u64) -> Result<(), ApplyError> {
+        let reached = self.assembler.reached();
+        match slot_position(self.source, self.pipeline).await {
+            Ok(Some(confirmed)) if confirmed <= reached => self.settle(tag).await,
+            slot => Err(ApplyError::Gap(format!(
+                "messages of pipeline '{}' arrive out of order by more than the prefetch window ({} messages) can hold while waiting for the one that follows {reached}, and the replication slot is {}, so they may be the only copies; nothing was acknowledged, so nothing is lost: raise `prefetch` to at least that of any other apply of this pipeline, and start the apply again",
+                self.pipeline,
+                self.opts.prefetch,
+                match slot {
+                    Ok(Some(c)) => format!("confirmed up to {c}"),
+                    Ok(None) => "gone".to_owned(),
+                    Err(e) => format!("unreadable ({e})"),
+                }
+            ))),
+        }
     }
 
     /// Applies the group in one MariaDB transaction, then acknowledges it. A group
@@ -718,10 +800,8 @@ impl Apply<'_> {
     /// transaction it still refuses goes to the dead-letter queue.
     async fn commit(&mut self) -> Result<(), ApplyError> {
         if self.group.is_empty() {
-            if let Some(tag) = self.group.last_tag.take() {
-                self.ack(tag).await?;
-            }
-            return Ok(());
+            let tags = std::mem::take(&mut self.group.tags);
+            return self.acknowledge(tags).await;
         }
         let group = std::mem::take(&mut self.group);
         let (pool, pipeline, max_bytes) = (self.pool, self.pipeline, self.statement_bytes);
@@ -757,10 +837,7 @@ impl Apply<'_> {
                 }
             }
         }
-        if let Some(tag) = group.last_tag {
-            self.ack(tag).await?;
-        }
-        Ok(())
+        self.acknowledge(group.tags).await
     }
 
     /// Applies a unit's transactions each in a MariaDB transaction of its own, dead-lettering those MariaDB refuses.
@@ -937,7 +1014,7 @@ impl Apply<'_> {
     /// The stream has a gap and the queue is quiet: if the slot has moved past the
     /// gap, the missing transactions will not be sent again, so the apply stops
     /// rather than wait for ever. Returns when the suspicion started.
-    async fn check_gap(&self, suspected: Option<Instant>) -> Result<Option<Instant>, ApplyError> {
+    async fn check_gap(&mut self, suspected: Option<Instant>) -> Result<Option<Instant>, ApplyError> {
         let reached = self.assembler.reached();
         let confirmed = match slot_position(self.source, self.pipeline).await {
             Ok(c) => c,
@@ -949,6 +1026,14 @@ impl Apply<'_> {
         let lost = confirmed.is_none_or(|c| c > reached);
         if !lost {
             tracing::info!(%reached, "waiting for the capture to send the missing transactions again");
+            // The re-send includes the messages held for their turn: holding them longer
+            // would only keep them from RabbitMQ's consumer timeout.
+            let held: Vec<u64> = self.held.drain(..).map(|h| h.tag).collect();
+            if !held.is_empty() {
+                tracing::info!(messages = held.len(), "letting go of messages the capture sends again");
+                self.acknowledge(held).await?;
+                self.assembler.await_resend();
+            }
             return Ok(None);
         }
         // Twice quiet, with the slot past the gap both times: a re-send would have arrived.

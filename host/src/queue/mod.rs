@@ -338,6 +338,14 @@ impl Broker {
             .map_err(broker("acknowledging"))
     }
 
+    /// Acknowledges the delivery `tag` alone.
+    pub async fn ack_one(&self, tag: u64) -> Result<(), QueueError> {
+        self.channel
+            .basic_ack(tag, BasicAckOptions { multiple: false })
+            .await
+            .map_err(broker("acknowledging"))
+    }
+
     /// Takes the next dead letter without settling it; it stays unacknowledged until settled or the connection closes.
     pub async fn next_dead_letter(&self) -> Result<Option<DeadMessage>, QueueError> {
         let got = self

@@ -1,0 +1,123 @@
+//! The apply does not rely on RabbitMQ handing messages over in the order they
+//! were published. A quorum queue redelivers the unacknowledged messages of a
+//! consumer that went away in an order of its own, after the capture has
+//! confirmed the slot past all of them: a message that arrives before the one
+//! it follows must wait for it, not be dropped as "past a gap".
+//!
+//! The capture fills the queue alone; the test then takes every message out
+//! and puts them back in reverse, and only then starts the apply.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+
+use crate::support::{Deadline, Env, broker, secs};
+
+const ROWS: u32 = 40;
+const SOURCE_ROWS: &str = "SELECT id::text, v FROM ordered";
+const TARGET_ROWS: &str = "SELECT CAST(id AS CHAR), v FROM ordered";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_redelivered_in_reverse_are_applied_in_order() {
+    let env = Env::new("reorder").await;
+    env.pg_exec("CREATE TABLE ordered (id int PRIMARY KEY, v text NOT NULL)")
+        .await;
+    let pipeline = env.pipeline().tables("public.ordered");
+    let mut capture = pipeline.spawn_command("capture", None);
+    env.wait_streaming(&pipeline, &mut capture).await;
+
+    // One transaction per message: each row inserted, then updated by the next
+    // transaction, so that applying any two out of order gives another result.
+    for id in 1..=ROWS {
+        env.pg_exec(&format!(
+            "BEGIN; INSERT INTO ordered VALUES ({id}, 'new'); UPDATE ordered SET v = 'after {id}' WHERE id = {}; COMMIT;",
+            id.max(2) - 1
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let queue = format!("wasmcdc.{}", pipeline.slot);
+    // The capture confirms the slot past everything RabbitMQ holds: what the apply
+    // drops now is never sent again.
+    let lsn = env.current_wal_lsn().await;
+    let deadline = Deadline::new("the slot to be confirmed past the load", secs(60));
+    while env.confirmed_flush_lsn(&pipeline).await.unwrap_or(0) < lsn {
+        capture.assert_alive();
+        deadline.tick(&capture.log_tail()).await;
+    }
+    capture.stop().await;
+
+    let moved = reverse_queue(&queue).await;
+    // Transactions 40 ms apart mostly travel alone; a loaded machine may put two in one message.
+    assert!(moved >= ROWS as usize / 4, "only {moved} messages were in the queue");
+    eprintln!("messages_redelivered_in_reverse_are_applied_in_order: {moved} messages put back in reverse");
+
+    let mut apply = pipeline.spawn_command("apply", None);
+    env.wait_equal(&pipeline, &mut [&mut apply], SOURCE_ROWS, TARGET_ROWS, secs(60))
+        .await
+        .unwrap_or_else(|diff| panic!("the target differs from the source\n{diff}\n{}", apply.log_tail()));
+    broker::assert_no_dead_letters(&pipeline.slot, &apply).await;
+    pipeline.assert_verified().await;
+    apply.stop().await;
+    // Every message was acknowledged: none came back as ready when the apply let go.
+    assert_eq!(broker::queue_depth(&queue).await, 0, "messages left in {queue}");
+}
+
+/// Takes every message out of `queue` and publishes them back to it, last first.
+/// The queue has a single active consumer, which rules out `basic.get`: the test
+/// consumes, as the apply would, while nothing else does.
+async fn reverse_queue(queue: &str) -> usize {
+    let (connection, channel) = broker::confirming_channel().await;
+    channel
+        .basic_qos(1_000, BasicQosOptions::default())
+        .await
+        .expect("prefetch");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "wasmcdc-test-reorder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("basic.consume");
+    let mut taken = Vec::new();
+    // Every ready message arrives at once; a quiet second means the queue is empty.
+    while let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await {
+        taken.push(delivery.expect("a delivery"));
+    }
+    // No more deliveries, so the copies are not handed back to this consumer; the
+    // originals stay unacknowledged, and in the queue, until the copies are safe.
+    channel
+        .basic_cancel("wasmcdc-test-reorder".into(), BasicCancelOptions::default())
+        .await
+        .expect("basic.cancel");
+    for d in taken.iter().rev() {
+        let confirm = channel
+            .basic_publish(
+                queue.into(),
+                d.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &d.data,
+                d.properties.clone(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "RabbitMQ did not take a message back");
+    }
+    if let Some(last) = taken.last() {
+        channel
+            .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .await
+            .expect("ack");
+    }
+    let _ = connection.close(200, "done".into()).await;
+    taken.len()
+}
