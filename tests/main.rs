@@ -25,6 +25,7 @@ mod large_transaction;
 mod metrics;
 mod partitions;
 mod privileges;
+mod progress;
 mod refused_publish;
 mod reorder;
 mod restart;

@@ -34,7 +34,7 @@ async fn output_with_env(pipeline: &Pipeline, args: &[&str], env: &[(&str, &str)
 }
 
 /// `wasmcdc status --json <extra>`: its exit code, its JSON object and its stderr.
-async fn status_json(pipeline: &Pipeline, extra: &[&str]) -> (i32, Value, String) {
+pub async fn status_json(pipeline: &Pipeline, extra: &[&str]) -> (i32, Value, String) {
     let mut args = vec!["status", "--json"];
     args.extend_from_slice(extra);
     let out = pipeline.output(&args, secs(60)).await;

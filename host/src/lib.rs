@@ -9,6 +9,7 @@ pub mod config;
 pub mod logs;
 pub mod observe;
 pub mod pipeline;
+pub mod progress;
 pub mod queue;
 pub mod source;
 pub mod transform;

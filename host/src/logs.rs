@@ -23,10 +23,11 @@ pub enum LogFormat {
 /// Logs to stderr in `format`; `RUST_LOG` overrides `default_filter`.
 pub fn init(format: LogFormat, default_filter: &str) {
     use std::io::IsTerminal;
+    crate::progress::allow_bars(format == LogFormat::Text);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(|| crate::progress::LogWriter)
             .with_ansi(std::io::stderr().is_terminal())
     });
     let json = (format == LogFormat::Json).then(|| {

@@ -41,7 +41,8 @@ use crate::queue::{Broker, DeadLetter, QueueError};
 use crate::source::PgTarget;
 
 pub use self::offsets::{
-    OFFSETS_TABLE, OffsetsRow, Progress, applied_offset, begin_copy, forget_offset, offsets_row, progress, set_offset,
+    CopyProgress, OFFSETS_TABLE, OffsetsRow, Progress, applied_offset, begin_copy, forget_offset, offsets_row,
+    progress, record_copy, set_offset,
 };
 
 /// Why the apply stopped.

@@ -1,6 +1,7 @@
 //! The offsets table: per pipeline, the last applied commit LSN, written in
 //! the same MariaDB transaction as the changes it accounts for.
 
+use serde::{Deserialize, Serialize};
 use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -21,6 +22,7 @@ pub(super) async fn create(pool: &MySqlPool) -> Result<(), ApplyError> {
            state VARCHAR(16) NOT NULL DEFAULT 'streaming', \
            transforms VARCHAR(2048) NOT NULL DEFAULT '', \
            applier VARCHAR(255) NOT NULL DEFAULT '', \
+           copy_progress VARCHAR(1024) NOT NULL DEFAULT '', \
            updated_at DATETIME(6) NOT NULL\
          ) ENGINE=InnoDB",
         my_ident(OFFSETS_TABLE)
@@ -33,6 +35,7 @@ pub(super) async fn create(pool: &MySqlPool) -> Result<(), ApplyError> {
         "state VARCHAR(16) NOT NULL DEFAULT 'streaming' AFTER lsn_text",
         "transforms VARCHAR(2048) NOT NULL DEFAULT '' AFTER state",
         "applier VARCHAR(255) NOT NULL DEFAULT '' AFTER transforms",
+        "copy_progress VARCHAR(1024) NOT NULL DEFAULT '' AFTER applier",
     ] {
         let alter = format!(
             "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {column}",
@@ -66,12 +69,81 @@ pub struct OffsetsRow {
     pub applier: String,
     /// Seconds since that commit.
     pub seconds_since_commit: i64,
+    /// How far the initial copy has come, while it runs.
+    pub copy: Option<CopyProgress>,
+}
+
+/// The initial copy's progress, as the copying process last recorded it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    /// The table being copied.
+    pub table: String,
+    /// Its rows copied so far.
+    pub copied: u64,
+    /// Its rows in all, as counted in the snapshot.
+    pub total: Option<u64>,
+    /// Rows per second since its copy started.
+    pub rows_per_second: f64,
+    /// Seconds left for it at that rate.
+    pub eta_seconds: Option<f64>,
+    /// Tables copied before it.
+    pub tables_done: usize,
+    /// Tables to copy in all.
+    pub tables: usize,
+}
+
+impl CopyProgress {
+    /// The progress of copying `table`, the one after `tables_done` of `tables`.
+    pub fn new(table: &str, rate: &crate::progress::Rate, tables_done: usize, tables: usize) -> Self {
+        CopyProgress {
+            table: table.to_owned(),
+            copied: rate.done,
+            total: rate.total,
+            rows_per_second: rate.per_second,
+            eta_seconds: rate.eta_seconds,
+            tables_done,
+            tables,
+        }
+    }
+
+    /// `public.orders (table 1 of 2): 120000 of 500000 rows (24%), 40000 rows/s, about 10 s left`.
+    pub fn describe(&self) -> String {
+        let rate = crate::progress::Rate {
+            done: self.copied,
+            total: self.total,
+            per_second: self.rows_per_second,
+            eta_seconds: self.eta_seconds,
+        };
+        format!(
+            "{} (table {} of {}): {}",
+            self.table,
+            self.tables_done + 1,
+            self.tables,
+            rate.describe("rows")
+        )
+    }
+}
+
+/// Records how far the initial copy of `pipeline` has come, for `wasmcdc status`.
+pub async fn record_copy(pool: &MySqlPool, pipeline: &str, copy: &CopyProgress) -> Result<(), ApplyError> {
+    let sql = format!(
+        "UPDATE {} SET copy_progress = ? WHERE pipeline = ?",
+        my_ident(OFFSETS_TABLE)
+    );
+    let json = serde_json::to_string(copy).map_err(|e| ApplyError::Database(e.to_string()))?;
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(json)
+        .bind(pipeline)
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// `pipeline`'s row in the offsets table, if it has one.
 pub async fn offsets_row(pool: &MySqlPool, pipeline: &str) -> Result<Option<OffsetsRow>, ApplyError> {
     let sql = format!(
-        "SELECT lsn, state, transforms, applier, TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)) \
+        "SELECT lsn, state, transforms, applier, TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)), copy_progress \
          FROM {} WHERE pipeline = ?",
         my_ident(OFFSETS_TABLE)
     );
@@ -88,6 +160,8 @@ pub async fn offsets_row(pool: &MySqlPool, pipeline: &str) -> Result<Option<Offs
         transforms: r.get(2),
         applier: r.get(3),
         seconds_since_commit: r.get::<Option<i64>, _>(4).unwrap_or_default(),
+        // Written by this version's copy; anything else reads as no progress.
+        copy: serde_json::from_str(&r.get::<String, _>(5)).ok(),
     }))
 }
 
@@ -201,7 +275,7 @@ async fn set_progress(pool: &MySqlPool, pipeline: &str, lsn: Lsn, state: &str) -
     let sql = format!(
         "INSERT INTO {} (pipeline, lsn, lsn_text, state, updated_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) \
          ON DUPLICATE KEY UPDATE lsn = VALUES(lsn), lsn_text = VALUES(lsn_text), state = VALUES(state), \
-         updated_at = VALUES(updated_at)",
+         copy_progress = '', updated_at = VALUES(updated_at)",
         my_ident(OFFSETS_TABLE)
     );
     sqlx::query(AssertSqlSafe(sql))

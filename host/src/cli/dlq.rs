@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Error, close, load_chain, step};
 use crate::config::Settings;
+use crate::progress::Progress;
 use crate::queue::Broker;
 use crate::transform::{TransformChain, guest_code};
 
@@ -52,7 +53,12 @@ pub(super) async fn replay(settings: &Settings, shutdown: &CancellationToken) ->
     let (mut replayed, mut kept) = (0usize, 0usize);
     // Kept letters stay unsettled until the end, so each is read once.
     let mut keep = Vec::new();
+    let mut progress = Progress::start("dlq replay", "letters", Some(total.into()));
     for _ in 0..total {
+        // SIGTERM stops between letters: what is replayed stays replayed, the rest waits.
+        if shutdown.is_cancelled() {
+            break;
+        }
         let Some(dead) = step("reading a dead letter from RabbitMQ", broker.next_dead_letter()).await? else {
             break;
         };
@@ -68,15 +74,17 @@ pub(super) async fn replay(settings: &Settings, shutdown: &CancellationToken) ->
                 replayed += 1;
             }
             Err(why) => {
-                println!(
+                progress.println(&format!(
                     "kept: stage={} lsn={} table={}: {why}",
                     dead.stage, dead.lsn, dead.table
-                );
+                ));
                 keep.push(dead.tag);
                 kept += 1;
             }
         }
+        progress.advance(1);
     }
+    progress.finish();
     for tag in keep {
         step(
             "returning a kept dead letter to RabbitMQ",

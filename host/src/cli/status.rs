@@ -15,7 +15,7 @@ use sqlx::MySqlPool;
 
 use self::stall::{Applied, Holder, Reading, SlotPositions, Stall};
 use super::{Error, close, step};
-use crate::apply::{self, ApplyError, OFFSETS_TABLE, OffsetsRow, Progress};
+use crate::apply::{self, ApplyError, CopyProgress, OFFSETS_TABLE, OffsetsRow, Progress};
 use crate::change::Lsn;
 use crate::config::{Settings, mask_url};
 use crate::queue::{Broker, QueueError};
@@ -100,6 +100,10 @@ struct AppliedReport {
     state: &'static str,
     /// The last applied commit LSN; `None` while copying.
     lsn: Option<String>,
+    /// While copying: the table, rows copied of all, rows per second and the time left,
+    /// as the copying process last recorded them (every 2 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copy: Option<CopyProgress>,
 }
 
 #[derive(Debug, Serialize)]
@@ -361,10 +365,12 @@ fn report(settings: &Settings, last: Snapshot, stall: StallReport) -> Report {
             Progress::Copying => AppliedReport {
                 state: "copying",
                 lsn: None,
+                copy: row.copy.clone(),
             },
             Progress::Applied(lsn) => AppliedReport {
                 state: "applied",
                 lsn: Some(lsn.to_string()),
+                copy: None,
             },
         }),
         transforms: offsets
@@ -408,6 +414,11 @@ fn print_table(r: &Report) {
     }
     match &r.applied {
         Some(AppliedReport { lsn: Some(lsn), .. }) => println!("applied: up to {lsn}"),
+        Some(AppliedReport {
+            lsn: None,
+            copy: Some(copy),
+            ..
+        }) => println!("applied: the initial copy is in progress: {}", copy.describe()),
         Some(AppliedReport { lsn: None, .. }) => println!("applied: the initial copy is in progress"),
         None => println!("applied: nothing yet"),
     }

@@ -52,6 +52,10 @@ pub const STAGE_UP: &str = "wasmcdc_stage_up";
 pub const COPY_ROWS: &str = "wasmcdc_copy_rows_total";
 /// Rows the initial copy found to copy, by table.
 pub const COPY_ROWS_EXPECTED: &str = "wasmcdc_copy_rows_expected";
+/// Rows per second the initial copy writes, by table.
+pub const COPY_RATE: &str = "wasmcdc_copy_rows_per_second";
+/// Seconds the initial copy of a table needs at its rate so far, by table.
+pub const COPY_ETA: &str = "wasmcdc_copy_eta_seconds";
 
 /// The recorder, with histogram buckets, and every metric described.
 pub(super) fn recorder() -> Result<PrometheusRecorder, BuildError> {
@@ -136,6 +140,16 @@ pub(super) fn recorder() -> Result<PrometheusRecorder, BuildError> {
             COPY_ROWS_EXPECTED,
             Unit::Count,
             "Rows the initial copy found to copy, by table.",
+        ),
+        (
+            COPY_RATE,
+            Unit::CountPerSecond,
+            "Rows per second the initial copy writes, by table, since its copy started.",
+        ),
+        (
+            COPY_ETA,
+            Unit::Seconds,
+            "Seconds the initial copy of the table still needs at its rate so far.",
         ),
     ] {
         describe_gauge!(name, unit, help);
@@ -384,13 +398,18 @@ pub fn copy_started(table: &TableName, total: i64) {
     s.with(|f| f.table(&table).copy_total = Some(total));
 }
 
-/// The initial copy wrote `rows` more rows of `table`.
-pub fn copied(table: &TableName, rows: usize) {
+/// The initial copy wrote `rows` more rows of `table`, and stands at `rate`.
+pub fn copied(table: &TableName, rows: usize, rate: &crate::progress::Rate) {
     let Some(s) = status::get() else { return };
     let table = table.to_string();
     counter!(COPY_ROWS, "table" => table.clone()).increment(rows as u64);
+    gauge!(COPY_RATE, "table" => table.clone()).set(rate.per_second);
+    gauge!(COPY_ETA, "table" => table.clone()).set(rate.eta_seconds.unwrap_or_default());
     s.with(|f| {
-        f.table(&table).copied += rows as u64;
+        let t = f.table(&table);
+        t.copied += rows as u64;
+        t.copy_rows_per_second = Some(rate.per_second);
+        t.copy_eta_seconds = rate.eta_seconds;
         f.totals().copied += rows as u64;
     });
 }

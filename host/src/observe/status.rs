@@ -74,6 +74,10 @@ pub struct TableFigures {
     pub copied: u64,
     /// Rows the initial copy found to copy.
     pub copy_total: Option<u64>,
+    /// Rows per second the initial copy writes.
+    pub copy_rows_per_second: Option<f64>,
+    /// Seconds the initial copy still needs at that rate.
+    pub copy_eta_seconds: Option<f64>,
 }
 
 /// Totals over every table.

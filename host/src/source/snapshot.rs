@@ -8,15 +8,16 @@
 //! consistent point, and only then is the slot ever confirmed past it. A copy
 //! interrupted by a crash is found at the next start and redone from scratch.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::mysql::MySqlPool;
 use tokio_postgres::SimpleQueryMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, ApplyError};
+use crate::apply::{self, ApplyError, CopyProgress};
 use crate::catalog::{TableDef, pg_ident};
 use crate::change::{Change, Column, Lsn, Op, TxContext, Value};
+use crate::progress::Progress;
 use crate::queue::capture::{transform_changes, with_insert_key};
 use crate::queue::{Broker, QueueError};
 use crate::source::replication::quote_ident;
@@ -26,6 +27,8 @@ use crate::transform::TransformChain;
 
 /// Rows read and written per batch.
 const BATCH: usize = 2_000;
+/// How often the copy's progress is written to the offsets row, for `wasmcdc status`.
+const RECORD_EVERY: Duration = Duration::from_secs(2);
 
 /// Why the copy stopped.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +94,7 @@ pub async fn initial_copy(
         commit_time: String::new(),
     };
     let mut known = apply::KnownColumns::default();
-    for def in defs {
+    for (done, def) in defs.iter().enumerate() {
         let started = Instant::now();
         let total: i64 = pg
             .query_one(&format!("SELECT count(*) FROM {}", def.name.pg_quoted()), &[])
@@ -99,6 +102,12 @@ pub async fn initial_copy(
             .map_err(query)?
             .get(0);
         crate::observe::copy_started(&def.name, total);
+        let mut progress = Progress::start(
+            format!("initial copy of {}", def.name),
+            "rows",
+            u64::try_from(total).ok(),
+        );
+        let mut recorded: Option<Instant> = None;
         let exprs: Vec<String> = def
             .columns
             .iter()
@@ -114,7 +123,6 @@ pub async fn initial_copy(
         ))
         .await
         .map_err(query)?;
-        let mut copied = 0usize;
         loop {
             if shutdown.is_cancelled() {
                 tracing::info!(
@@ -181,12 +189,19 @@ pub async fn initial_copy(
                 &rows,
             )
             .await?;
-            copied += fetched;
-            crate::observe::copied(&def.name, fetched);
-            tracing::info!(table = %def.name, copied, total, "initial copy");
+            progress.advance(fetched as u64);
+            let rate = progress.rate();
+            crate::observe::copied(&def.name, fetched, &rate);
+            if recorded.is_none_or(|at| at.elapsed() >= RECORD_EVERY) {
+                recorded = Some(Instant::now());
+                let copy = CopyProgress::new(&def.name.to_string(), &rate, done, defs.len());
+                apply::record_copy(pool, pipeline, &copy).await?;
+            }
         }
         pg.batch_execute("CLOSE wasmcdc_copy").await.map_err(query)?;
-        tracing::info!(table = %def.name, rows = copied, seconds = started.elapsed().as_secs_f64(), "copied");
+        let rows = progress.rate().done;
+        progress.finish();
+        tracing::info!(table = %def.name, rows, seconds = started.elapsed().as_secs_f64(), "copied");
     }
     pg.batch_execute("COMMIT").await.map_err(query)?;
     apply::set_offset(pool, pipeline, consistent).await?;
