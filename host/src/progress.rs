@@ -67,7 +67,7 @@ impl Rate {
             _ => format!("{} {unit}", self.done),
         };
         text.push_str(&format!(", {:.0} {unit}/s", self.per_second));
-        if let Some(eta) = self.eta_seconds {
+        if let Some(eta) = self.eta_seconds.filter(|_| self.total.is_some_and(|t| self.done < t)) {
             text.push_str(&format!(", about {} left", seconds(eta)));
         }
         text
@@ -219,6 +219,12 @@ mod tests {
             r.describe("rows"),
             "120000 of 500000 rows (24%), 40000 rows/s, about 10 s left"
         );
+    }
+
+    #[test]
+    fn finished_work_has_no_time_left() {
+        let r = Rate::of(10, Some(10), Duration::from_secs(2));
+        assert_eq!(r.describe("rows"), "10 of 10 rows (100%), 5 rows/s");
     }
 
     #[test]

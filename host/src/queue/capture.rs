@@ -493,7 +493,11 @@ pub(crate) async fn transform_changes(
     observe::transform_called(
         chain.hashes(),
         started,
-        outcomes.iter().filter_map(|o| o.as_ref().err()),
+        // A shutdown's unreached changes are not failures of the module.
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .filter(|e| !matches!(e, TransformError::Stopped)),
     );
     if outcomes.iter().any(|o| matches!(o, Err(TransformError::Stopped))) {
         return Ok(false);
