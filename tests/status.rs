@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::seed::SEED_TABLE;
 use crate::support::binary::{Running, assert_clean_error};
 use crate::support::proxy::Proxy;
-use crate::support::{Deadline, Env, Pipeline, broker, secs};
+use crate::support::{Deadline, Env, Pipeline, broker, db, secs};
 
 const SOURCE_ROWS: &str = "SELECT requestid::text, details FROM itrequests";
 const TARGET_ROWS: &str = "SELECT CAST(requestid AS CHAR), details FROM itrequests";
@@ -223,6 +223,36 @@ async fn status_exits_4_while_the_pipeline_is_stalled() {
     let (code, json, stderr) = status_json(&pipeline, &["--stall-window", "2s"]).await;
     assert_eq!(code, 0, "caught up, it is not stalled: {json}\n{stderr}");
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_an_offsets_table_of_an_earlier_version() {
+    let env = Env::new("status_old").await;
+    let pipeline = env.pipeline();
+    // The offsets table as a version before copy progress made it; only `run` and
+    // `apply` add the new column, and `status` must read the table as it is.
+    let my = env.my(&pipeline).await;
+    db::my_exec(
+        &my,
+        "CREATE TABLE wasmcdc_offsets (pipeline VARCHAR(63) NOT NULL PRIMARY KEY, lsn BIGINT UNSIGNED NOT NULL, \
+         lsn_text VARCHAR(20) NOT NULL, state VARCHAR(16) NOT NULL DEFAULT 'streaming', \
+         transforms VARCHAR(2048) NOT NULL DEFAULT '', applier VARCHAR(255) NOT NULL DEFAULT '', \
+         updated_at DATETIME(6) NOT NULL)",
+    )
+    .await;
+    db::my_exec(
+        &my,
+        &format!(
+            "INSERT INTO wasmcdc_offsets (pipeline, lsn, lsn_text, updated_at) VALUES ('{}', 4096, '0/1000', UTC_TIMESTAMP(6))",
+            pipeline.slot
+        ),
+    )
+    .await;
+    my.close().await;
+    let (code, json, stderr) = status_json(&pipeline, &["--stall-window", "0"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json["applied"]["state"], "applied", "{json}");
+    assert_eq!(json["applied"]["lsn"], "0/1000", "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

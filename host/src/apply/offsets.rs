@@ -142,16 +142,26 @@ pub async fn record_copy(pool: &MySqlPool, pipeline: &str, copy: &CopyProgress) 
 
 /// `pipeline`'s row in the offsets table, if it has one.
 pub async fn offsets_row(pool: &MySqlPool, pipeline: &str) -> Result<Option<OffsetsRow>, ApplyError> {
-    let sql = format!(
-        "SELECT lsn, state, transforms, applier, TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)), copy_progress \
-         FROM {} WHERE pipeline = ?",
-        my_ident(OFFSETS_TABLE)
-    );
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(pipeline)
-        .fetch_optional(pool)
-        .await
-        .map_err(db_error)?;
+    let select = |copy: &str| {
+        format!(
+            "SELECT lsn, state, transforms, applier, TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)), {copy} \
+             FROM {} WHERE pipeline = ?",
+            my_ident(OFFSETS_TABLE)
+        )
+    };
+    let read = async |sql: String| {
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(pipeline)
+            .fetch_optional(pool)
+            .await
+    };
+    let row = match read(select("copy_progress")).await {
+        // A table of an earlier version, which only `run` or `apply` brings up to date:
+        // `status` reads it as it is.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42S22") => read(select("''")).await,
+        other => other,
+    }
+    .map_err(db_error)?;
     Ok(row.map(|r| OffsetsRow {
         progress: match r.get::<String, _>(1).as_str() {
             "copying" => Progress::Copying,
