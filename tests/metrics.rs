@@ -148,21 +148,6 @@ async fn a_second_process_on_the_same_address_is_refused_in_one_sentence() {
     run.stop().await;
 }
 
-/// Polls `/readyz` until its status is `want`; returns its body.
-async fn wait_ready(url: &str, running: &mut Running, want: u16, limit: std::time::Duration) -> String {
-    let deadline = Deadline::new(format!("{url}/readyz to answer {want}"), limit);
-    loop {
-        running.assert_alive();
-        let seen = http::get(&format!("{url}/readyz")).await;
-        if let Some(r) = &seen
-            && r.status == want
-        {
-            return r.body.clone();
-        }
-        deadline.tick(&format!("{seen:?}\n{}", running.log_tail())).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_mariadb_going_away_and_coming_back() {
     let env = Env::new("metrics_ready").await;
@@ -173,12 +158,12 @@ async fn readiness_follows_mariadb_going_away_and_coming_back() {
     let proxied = pipeline.mariadb_url(&pipeline.mariadb_url.replace("127.0.0.1:3306", &proxy.address()));
     let mut run = env.start(&proxied).await;
     let url = run.metrics_url().await;
-    wait_ready(&url, &mut run, 200, secs(30)).await;
+    http::wait_ready(&url, &mut run, 200, secs(30)).await;
 
     proxy.set_down(true);
     // The apply notices when it next writes.
     write_changes(&env).await;
-    let why = wait_ready(&url, &mut run, 503, secs(60)).await;
+    let why = http::wait_ready(&url, &mut run, 503, secs(60)).await;
     assert!(why.contains("apply"), "{why}");
     assert!(why.contains("MariaDB"), "{why}");
     let health = http::get(&format!("{url}/healthz")).await.expect("/healthz answers");
@@ -189,7 +174,7 @@ async fn readiness_follows_mariadb_going_away_and_coming_back() {
     assert!(status.body.contains("\"ready\":false"), "{}", status.body);
 
     proxy.set_down(false);
-    wait_ready(&url, &mut run, 200, secs(90)).await;
+    http::wait_ready(&url, &mut run, 200, secs(90)).await;
     env.wait_replicated(&pipeline, &mut run, SOURCE_ROWS, TARGET_ROWS, secs(60))
         .await;
     let text = http::get(&format!("{url}/metrics"))

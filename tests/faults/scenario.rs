@@ -163,6 +163,13 @@ impl Scenario {
         }
     }
 
+    /// Polls the `run` process's `/readyz` until it answers `want`; returns its body.
+    pub async fn wait_ready(&mut self, want: u16, limit: Duration) -> String {
+        let run = self.run.as_mut().expect("a scenario in Mode::Run");
+        let url = run.metrics_url().await;
+        crate::support::http::wait_ready(&url, run, want, limit).await
+    }
+
     /// Fails the test if a pipeline process has exited.
     pub fn assert_alive(&mut self) {
         for p in [&mut self.run, &mut self.capture, &mut self.apply]

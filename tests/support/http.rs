@@ -14,6 +14,21 @@ pub struct Response {
     pub body: String,
 }
 
+/// Polls `url`'s `/readyz` until its status is `want`; returns its body.
+pub async fn wait_ready(url: &str, running: &mut super::binary::Running, want: u16, limit: Duration) -> String {
+    let deadline = super::Deadline::new(format!("{url}/readyz to answer {want}"), limit);
+    loop {
+        running.assert_alive();
+        let seen = get(&format!("{url}/readyz")).await;
+        if let Some(r) = &seen
+            && r.status == want
+        {
+            return r.body.clone();
+        }
+        deadline.tick(&format!("{seen:?}\n{}", running.log_tail())).await;
+    }
+}
+
 /// GETs `url` (`http://HOST:PORT/PATH`); `None` when it cannot be read within 10 s.
 pub async fn get(url: &str) -> Option<Response> {
     let rest = url.strip_prefix("http://")?;
