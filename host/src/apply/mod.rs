@@ -324,6 +324,11 @@ fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// How long the apply may sit idle before it checks that MariaDB still answers.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long that check waits for an answer.
+const PING_LIMIT: Duration = Duration::from_secs(10);
+
 /// Backoff for retrying a transient failure in place.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_LONGEST: Duration = Duration::from_secs(30);
@@ -493,6 +498,11 @@ pub async fn run(
                 }
                 _ = tokio::time::sleep(opts.gap_quiet), if waiting && !holding => {
                     gap_suspected = apply.check_gap(gap_suspected).await?;
+                    continue;
+                }
+                // Idle: a MariaDB that went away shows in readiness now, not at the next write.
+                _ = tokio::time::sleep(PING_EVERY), if !holding => {
+                    apply.ping().await?;
                     continue;
                 }
             };
@@ -764,6 +774,22 @@ impl Apply<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Checks that MariaDB answers, retrying with backoff (and so reporting) until it does.
+    async fn ping(&self) -> Result<(), ApplyError> {
+        let pool = self.pool;
+        retrying("checking that MariaDB answers", self.shutdown, async || {
+            match tokio::time::timeout(PING_LIMIT, sqlx::query("SELECT 1").execute(pool)).await {
+                Ok(done) => done.map(drop),
+                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", PING_LIMIT.as_secs()),
+                ))),
+            }
+        })
+        .await
+        .map_err(ApplyError::from)
     }
 
     /// Applies the held messages whose turn has come, in the order the assembler picks.
