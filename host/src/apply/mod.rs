@@ -776,10 +776,11 @@ impl Apply<'_> {
         Ok(())
     }
 
-    /// Checks that MariaDB answers, retrying with backoff (and so reporting) until it does.
+    /// Checks that MariaDB answers, retrying with backoff (and so reporting) until it
+    /// does. A shutdown abandons the check at once: it writes nothing.
     async fn ping(&self) -> Result<(), ApplyError> {
         let pool = self.pool;
-        retrying("checking that MariaDB answers", self.shutdown, async || {
+        let check = retrying("checking that MariaDB answers", self.shutdown, async || {
             match tokio::time::timeout(PING_LIMIT, sqlx::query("SELECT 1").execute(pool)).await {
                 Ok(done) => done.map(drop),
                 Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
@@ -787,9 +788,11 @@ impl Apply<'_> {
                     format!("no answer within {} s", PING_LIMIT.as_secs()),
                 ))),
             }
-        })
-        .await
-        .map_err(ApplyError::from)
+        });
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(ApplyError::Stopped),
+            checked = check => checked.map_err(ApplyError::from),
+        }
     }
 
     /// Applies the held messages whose turn has come, in the order the assembler picks.
