@@ -245,9 +245,17 @@ async fn the_status_page_shows_what_metrics_holds() {
     let hash = hex(&Sha256::digest(
         std::fs::read(&module).expect("the identity module reads"),
     ));
+    // A second module in the chain, masking a column the table does not have: each
+    // module's calls are timed under its own hash.
+    let mask = guest("mask_columns");
+    let mask_hash = hex(&Sha256::digest(std::fs::read(&mask).expect("the mask module reads")));
     let env = Env::new("metrics_page").await;
     env.pg_exec(SEED_TABLE).await;
-    let pipeline = env.pipeline().transform(&module);
+    let pipeline = env
+        .pipeline()
+        .transform(&module)
+        .transform(&mask)
+        .transform_config("mask_columns.columns=no_such_column");
     let mut run = env.start(&pipeline).await;
     let url = run.metrics_url().await;
 
@@ -296,6 +304,14 @@ async fn the_status_page_shows_what_metrics_holds() {
         assert_eq!(cell(class), metric_sum(&metrics, metric, &[TABLE]), "{class}\n{row}");
     }
     assert!(dom.contains(&hash[..16]), "the chain's hash {hash} is not on the page");
+    for module in [&hash, &mask_hash] {
+        let calls = metric_sum(
+            &metrics,
+            "wasmcdc_transform_call_seconds_count",
+            &[&format!("module=\"{module}\"")],
+        );
+        assert!(calls >= 1.0, "no timed calls of module {module}\n{metrics}");
+    }
     assert!(dom.contains("streaming"), "the stages' state is not on the page");
     assert!(
         dom.contains("<polyline") || dom.contains("chart-throughput"),

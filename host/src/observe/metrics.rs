@@ -262,15 +262,12 @@ pub fn published(message: &Message) {
     s.with(|f| f.totals().published += n);
 }
 
-/// One call of the transform chain with `hashes` on a batch of a transaction's changes, begun at
-/// `started`; `failures` say why it refused the changes it refused.
-pub fn transform_called<'a, E: Display + 'a>(
-    hashes: &[String],
-    started: Instant,
-    failures: impl Iterator<Item = &'a E>,
-) {
+/// One call of the transform module whose file hashes to `module` on a batch of a
+/// transaction's changes, begun at `started`; `failures` say why it refused the changes
+/// it refused.
+pub fn transform_called<'a, E: Display + 'a>(module: &str, started: Instant, failures: impl Iterator<Item = &'a E>) {
     let Some(s) = status::get() else { return };
-    let module = hashes.join(",");
+    let module = module.to_owned();
     histogram!(TRANSFORM_CALL, "module" => module.clone()).record(started.elapsed().as_secs_f64());
     for failure in failures {
         counter!(TRANSFORM_FAILURES, "kind" => failure_kind(&failure.to_string()), "module" => module.clone())

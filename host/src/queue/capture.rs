@@ -488,17 +488,7 @@ pub(crate) async fn transform_changes(
     }
     // The untransformed changes, for the dead letters of those refused.
     let originals = changes.clone();
-    let started = Instant::now();
     let outcomes = guest_code(|| chain.apply_batch(changes, context));
-    observe::transform_called(
-        chain.hashes(),
-        started,
-        // A shutdown's unreached changes are not failures of the module.
-        outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().err())
-            .filter(|e| !matches!(e, TransformError::Stopped)),
-    );
     if outcomes.iter().any(|o| matches!(o, Err(TransformError::Stopped))) {
         return Ok(false);
     }

@@ -6,7 +6,7 @@
 //! in whichever world it exports; `sandbox` is what every guest runs inside.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -365,13 +365,14 @@ impl TransformChain {
             return changes.into_iter().map(|c| Ok(vec![c])).collect();
         }
         // One module for every table, the common chain: its outcomes are the chain's.
-        if let [module] = self.modules.as_mut_slice()
+        if let ([module], [hash]) = (self.modules.as_mut_slice(), self.hashes.as_slice())
             && module.spec.table.is_none()
         {
             let mut outcomes = Vec::with_capacity(count);
             let mut changes = changes.into_iter().peekable();
             while changes.peek().is_some() {
-                outcomes.extend(module.call(changes.by_ref().take(self.limits.batch).collect(), ctx, &self.stop));
+                let batch = changes.by_ref().take(self.limits.batch).collect();
+                outcomes.extend(observed_call(module, hash, batch, ctx, &self.stop));
             }
             return outcomes;
         }
@@ -384,7 +385,7 @@ impl TransformChain {
         let mut failed: Vec<Option<TransformError>> = (0..count).map(|_| None).collect();
         // Every change in flight, with the index of the change it came from.
         let mut items: Vec<(usize, Change)> = changes.into_iter().enumerate().collect();
-        for module in &mut self.modules {
+        for (module, hash) in self.modules.iter_mut().zip(&self.hashes) {
             let applies = |origin: usize| match sources.get(origin) {
                 Some((schema, table)) => module.spec.applies_to(schema, table),
                 None => true,
@@ -405,7 +406,8 @@ impl TransformChain {
             let mut results = Vec::with_capacity(sent.len());
             let mut sent = sent.into_iter().peekable();
             while sent.peek().is_some() {
-                results.extend(module.call(sent.by_ref().take(self.limits.batch).collect(), ctx, &self.stop));
+                let batch = sent.by_ref().take(self.limits.batch).collect();
+                results.extend(observed_call(module, hash, batch, ctx, &self.stop));
             }
             let mut results = results.into_iter();
             items = Vec::with_capacity(order.len());
@@ -441,6 +443,28 @@ impl TransformChain {
         }
         outcomes
     }
+}
+
+/// One call of `module` (whose file hashes to `hash`) on a batch, timed and its
+/// failures counted under that hash. A shutdown's unreached changes are not failures.
+fn observed_call(
+    module: &mut Module,
+    hash: &str,
+    batch: Vec<Change>,
+    ctx: &TxContext,
+    stop: &CancellationToken,
+) -> Vec<Outcome> {
+    let started = Instant::now();
+    let outcomes = module.call(batch, ctx, stop);
+    crate::observe::transform_called(
+        hash,
+        started,
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .filter(|e| !matches!(e, TransformError::Stopped)),
+    );
+    outcomes
 }
 
 #[cfg(test)]
@@ -612,7 +636,15 @@ mod tests {
         }
         input.push('\n');
         let mut output = Vec::new();
-        run_test(&[component("identity")], &[], Limits::default(), input.as_bytes(), &mut output, None).expect("run_test");
+        run_test(
+            &[component("identity")],
+            &[],
+            Limits::default(),
+            input.as_bytes(),
+            &mut output,
+            None,
+        )
+        .expect("run_test");
         let output = String::from_utf8(output).expect("utf-8");
         let back: Vec<Change> = output
             .lines()
@@ -625,7 +657,15 @@ mod tests {
     fn run_test_names_a_bad_line() {
         let good = serde_json::to_string(&change(Op::Insert, "itrequests")).expect("json");
         let input = format!("{good}\n{{\"op\": \"upsert\"}}\n");
-        let err = run_test(&[component("identity")], &[], Limits::default(), input.as_bytes(), std::io::sink(), None).expect_err("error");
+        let err = run_test(
+            &[component("identity")],
+            &[],
+            Limits::default(),
+            input.as_bytes(),
+            std::io::sink(),
+            None,
+        )
+        .expect_err("error");
         assert!(matches!(err, TransformError::BadInput { line: 2, .. }), "{err}");
         assert!(err.to_string().starts_with("line 2 is not a change: "), "{err}");
     }
@@ -1043,7 +1083,15 @@ mod tests {
             "\n",
         );
         let mut output = Vec::new();
-        run_test(&[component("identity")], &[], Limits::default(), input.as_bytes(), &mut output, None).expect("run_test");
+        run_test(
+            &[component("identity")],
+            &[],
+            Limits::default(),
+            input.as_bytes(),
+            &mut output,
+            None,
+        )
+        .expect("run_test");
         let output = String::from_utf8(output).expect("utf-8");
         let back: Vec<Change> = output
             .lines()
@@ -1086,7 +1134,15 @@ mod tests {
         );
         let by_name = |types: Option<&mut dyn TypeOids>| -> Change {
             let mut output = Vec::new();
-            run_test(&[component("identity")], &[], Limits::default(), line.as_bytes(), &mut output, types).expect("run_test");
+            run_test(
+                &[component("identity")],
+                &[],
+                Limits::default(),
+                line.as_bytes(),
+                &mut output,
+                types,
+            )
+            .expect("run_test");
             serde_json::from_slice(&output).expect("change")
         };
         // By name alone, a domain over integer is text; the catalog knows better.

@@ -88,7 +88,11 @@ impl Module {
     }
 
     /// Compiles and starts a module; returns it with the SHA-256 (hex) of its file.
-    pub(super) fn load(spec: ModuleSpec, config: Vec<(String, String)>, limits: Limits) -> Result<(Self, String), TransformError> {
+    pub(super) fn load(
+        spec: ModuleSpec,
+        config: Vec<(String, String)>,
+        limits: Limits,
+    ) -> Result<(Self, String), TransformError> {
         let (mut module, _, hash) = Self::new(spec, config, limits)?;
         // Starting it now reports a module that cannot run at load time, not on the first change.
         let (instance, targets) = module.start()?;

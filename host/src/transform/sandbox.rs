@@ -65,7 +65,9 @@ pub(super) fn engine() -> Result<&'static Engine, TransformError> {
                     Ok(cache) => {
                         config.cache(Some(cache));
                     }
-                    Err(e) => tracing::warn!(dir = %dir.display(), "compiled modules are not cached: {}", error_text(&e)),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), "compiled modules are not cached: {}", error_text(&e))
+                    }
                 }
             }
             let engine = Engine::new(&config).map_err(|e| error_text(&e))?;
