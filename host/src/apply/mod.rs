@@ -780,15 +780,17 @@ impl Apply<'_> {
     /// does. A shutdown abandons the check at once: it writes nothing.
     async fn ping(&self) -> Result<(), ApplyError> {
         let pool = self.pool;
-        let check = retrying("checking that MariaDB answers", self.shutdown, async || {
-            match tokio::time::timeout(PING_LIMIT, sqlx::query("SELECT 1").execute(pool)).await {
+        let check = retrying(
+            "checking that MariaDB answers",
+            self.shutdown,
+            async || match tokio::time::timeout(PING_LIMIT, sqlx::query("SELECT 1").execute(pool)).await {
                 Ok(done) => done.map(drop),
                 Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no answer within {} s", PING_LIMIT.as_secs()),
                 ))),
-            }
-        });
+            },
+        );
         tokio::select! {
             _ = self.shutdown.cancelled() => Err(ApplyError::Stopped),
             checked = check => checked.map_err(ApplyError::from),
