@@ -5,6 +5,12 @@
 //!
 //! Build the components first (`cargo build --target wasm32-wasip2 --release`
 //! in `transforms/`), then: `cargo bench -p wasmcdc --bench transform`.
+//!
+//! Times on a shared machine drift by tens of percent from run to run.
+//! `WASMCDC_BENCH_ONLY=none|identity|per-call` with `WASMCDC_BENCH_CHANGES=N`
+//! runs one chain once over N changes, so that instructions can be counted
+//! under callgrind: the difference between two values of N, divided by theirs,
+//! is the instructions one change costs, the same on every run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,21 +48,30 @@ fn seed_change(i: usize) -> Change {
 /// Changes per source transaction: what the capture gives the chain at once.
 const TRANSACTION: usize = 1_000;
 
-/// Best of several rounds, in nanoseconds per change.
-fn measure(chain: &mut TransformChain, changes: &[Change], ctx: &TxContext) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..ROUNDS {
-        let transactions: Vec<Vec<Change>> = changes.chunks(TRANSACTION).map(<[Change]>::to_vec).collect();
-        let started = Instant::now();
-        let mut out = 0usize;
-        for transaction in transactions {
-            for outcome in chain.apply_batch(transaction, ctx) {
-                out += outcome.expect("transform").len();
-            }
+/// One round over every change, in nanoseconds per change.
+fn round(chain: &mut TransformChain, changes: &[Change], ctx: &TxContext) -> f64 {
+    let transactions: Vec<Vec<Change>> = changes.chunks(TRANSACTION).map(<[Change]>::to_vec).collect();
+    let started = Instant::now();
+    let mut out = 0usize;
+    for transaction in transactions {
+        for outcome in chain.apply_batch(transaction, ctx) {
+            out += outcome.expect("transform").len();
         }
-        let ns = started.elapsed().as_nanos() as f64 / changes.len() as f64;
-        assert_eq!(out, changes.len());
-        best = best.min(ns);
+    }
+    let ns = started.elapsed().as_nanos() as f64 / changes.len() as f64;
+    assert_eq!(out, changes.len());
+    ns
+}
+
+/// The best of several rounds of each chain, in nanoseconds per change. The
+/// chains take turns, round by round, so that a slow spell of a shared
+/// machine falls on all of them rather than on one.
+fn measure<const N: usize>(chains: &mut [&mut TransformChain; N], changes: &[Change], ctx: &TxContext) -> [f64; N] {
+    let mut best = [f64::MAX; N];
+    for _ in 0..ROUNDS {
+        for (chain, best) in chains.iter_mut().zip(&mut best) {
+            *best = best.min(round(chain, changes, ctx));
+        }
     }
     best
 }
@@ -84,15 +99,29 @@ fn main() {
     let mut none = TransformChain::load(&[], &[]).expect("empty chain");
     let mut with_identity = TransformChain::load(&[identity], &[]).expect("identity loads");
     let mut per_change = TransformChain::load(&[component("probe")], &[]).expect("probe loads");
-    // Warm every path once.
-    for chain in [&mut none, &mut with_identity, &mut per_change] {
-        measure(chain, &changes[..1_000], &ctx);
+    // One chain, one round over the first N changes: for counting instructions
+    // under `valgrind --tool=callgrind`, which a shared machine does not disturb.
+    if let Some((only, n)) = std::env::var("WASMCDC_BENCH_ONLY")
+        .ok()
+        .zip(std::env::var("WASMCDC_BENCH_CHANGES").ok())
+    {
+        let n: usize = n.parse().expect("WASMCDC_BENCH_CHANGES is a number of changes");
+        let chain = match only.as_str() {
+            "none" => &mut none,
+            "identity" => &mut with_identity,
+            "per-call" => &mut per_change,
+            other => panic!("WASMCDC_BENCH_ONLY is none, identity or per-call, not {other}"),
+        };
+        let ns = round(chain, &changes[..n.min(CHANGES)], &ctx);
+        println!("{only}: {ns:.1} ns/change over {n} changes, one round");
+        return;
     }
-    let baseline = measure(&mut none, &changes, &ctx);
-    let identity_ns = measure(&mut with_identity, &changes, &ctx);
-    let per_change_ns = measure(&mut per_change, &changes, &ctx);
+    let mut chains = [&mut none, &mut with_identity, &mut per_change];
+    // Warm every path once.
+    measure(&mut chains, &changes[..1_000], &ctx);
+    let [baseline, identity_ns, per_change_ns] = measure(&mut chains, &changes, &ctx);
     println!(
-        "changes per round:        {CHANGES} (seed-table updates, {TRANSACTION} per transaction, best of {ROUNDS} rounds)"
+        "changes per round:        {CHANGES} (seed-table updates, {TRANSACTION} per transaction, best of {ROUNDS} rounds, taking turns)"
     );
     println!("no transform:             {baseline:>9.1} ns/change");
     println!("identity, 0.2.0 batched:  {identity_ns:>9.1} ns/change");
