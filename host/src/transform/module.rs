@@ -63,6 +63,9 @@ pub(super) struct Instance {
     stderr: GuestOutput,
     /// The tables this instance has been sent (batched world only).
     tables: Tables,
+    /// Emptied value lists of earlier calls, reused for the next rows so
+    /// that lending a row's values allocates nothing.
+    spare: Vec<Vec<v2::Value>>,
 }
 
 impl Module {
@@ -215,6 +218,7 @@ impl Module {
             stdout,
             stderr,
             tables: Tables::default(),
+            spare: Vec::new(),
         };
         Ok((instance, targets))
     }
@@ -326,7 +330,7 @@ impl Module {
         let mut tables = Vec::new();
         let rows: Vec<v2::Row> = changes
             .iter_mut()
-            .map(|change| instance.tables.row(change, &mut tables))
+            .map(|change| instance.tables.row(change, &mut tables, &mut instance.spare))
             .collect();
         arm(&mut instance.store, rows.len());
         let ctx = v2::TxContext::from(ctx);
@@ -336,9 +340,10 @@ impl Module {
         );
         log_output(&self.name, &instance.stdout, &instance.stderr);
         // The values lent to the call go back to their changes.
-        for (change, row) in changes.iter_mut().zip(rows) {
-            restore(&mut change.columns, row.values);
-            restore(&mut change.key, row.key);
+        for (change, mut row) in changes.iter_mut().zip(rows) {
+            restore(&mut change.columns, row.values.drain(..));
+            restore(&mut change.key, row.key.drain(..));
+            instance.spare.extend([row.values, row.key]);
         }
         let failure = match result {
             None => waited_too_long(self.limits.call),
@@ -400,18 +405,21 @@ fn too_much(changes: usize, bytes: usize, limits: &Limits) -> Option<String> {
 }
 
 /// Puts values back into their columns, in order.
-fn restore(columns: &mut [Column], values: Vec<v2::Value>) {
+fn restore(columns: &mut [Column], values: impl IntoIterator<Item = v2::Value>) {
     for (column, value) in columns.iter_mut().zip(values) {
         column.value = value.into();
     }
 }
 
-/// Lends a column's values to a row: moved, not copied.
-fn lend(columns: &mut [Column]) -> Vec<v2::Value> {
-    columns
-        .iter_mut()
-        .map(|c| std::mem::replace(&mut c.value, Value::Null).into())
-        .collect()
+/// Lends a column's values to a row, in a list from `spare` when there is one: moved, not copied.
+fn lend(columns: &mut [Column], spare: &mut Vec<Vec<v2::Value>>) -> Vec<v2::Value> {
+    let mut values = spare.pop().unwrap_or_default();
+    values.extend(
+        columns
+            .iter_mut()
+            .map(|c| std::mem::replace(&mut c.value, Value::Null).into()),
+    );
+    values
 }
 
 /// The tables an instance has been sent: each change is matched to one by
@@ -452,7 +460,7 @@ impl Shape {
 impl Tables {
     /// The row for a change, its values lent; a table the instance has not
     /// been sent is added to `new`.
-    fn row(&mut self, change: &mut Change, new: &mut Vec<v2::Table>) -> v2::Row {
+    fn row(&mut self, change: &mut Change, new: &mut Vec<v2::Table>, spare: &mut Vec<Vec<v2::Value>>) -> v2::Row {
         let fits = |id: usize| self.shapes[id].table == change.table && self.shapes[id].fits(change);
         let found = self.last.filter(|&id| fits(id)).or_else(|| {
             self.by_name
@@ -493,8 +501,8 @@ impl Tables {
         v2::Row {
             op: change.op.into(),
             table: id as u32,
-            values: lend(&mut change.columns),
-            key: lend(&mut change.key),
+            values: lend(&mut change.columns, spare),
+            key: lend(&mut change.key, spare),
         }
     }
 }
