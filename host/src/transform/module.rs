@@ -343,7 +343,10 @@ impl Module {
         for (change, mut row) in changes.iter_mut().zip(rows) {
             restore(&mut change.columns, row.values.drain(..));
             restore(&mut change.key, row.key.drain(..));
-            instance.spare.extend([row.values, row.key]);
+            let kept = [row.values, row.key]
+                .into_iter()
+                .filter(|l| l.capacity() <= SPARE_WIDTH);
+            instance.spare.extend(kept);
         }
         let failure = match result {
             None => waited_too_long(self.limits.call),
@@ -403,6 +406,11 @@ fn too_much(changes: usize, bytes: usize, limits: &Limits) -> Option<String> {
         )
     })
 }
+
+/// The widest value list kept for reuse: enough for ordinary tables, while a
+/// batch of very wide ones (PostgreSQL allows 1 600 columns) does not pin
+/// megabytes per instance.
+const SPARE_WIDTH: usize = 64;
 
 /// Puts values back into their columns, in order.
 fn restore(columns: &mut [Column], values: impl IntoIterator<Item = v2::Value>) {
