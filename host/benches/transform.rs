@@ -9,8 +9,9 @@
 //! Times on a shared machine drift by tens of percent from run to run.
 //! `WASMCDC_BENCH_ONLY=none|identity|per-call` with `WASMCDC_BENCH_CHANGES=N`
 //! runs one chain once over N changes, so that instructions can be counted
-//! under callgrind: the difference between two values of N, divided by theirs,
-//! is the instructions one change costs, the same on every run.
+//! under callgrind: the difference of the counts of two runs, divided by the
+//! difference of their N, is the instructions one change costs, nearly the
+//! same on every run of one machine.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -101,18 +102,26 @@ fn main() {
     let mut per_change = TransformChain::load(&[component("probe")], &[]).expect("probe loads");
     // One chain, one round over the first N changes: for counting instructions
     // under `valgrind --tool=callgrind`, which a shared machine does not disturb.
-    if let Some((only, n)) = std::env::var("WASMCDC_BENCH_ONLY")
-        .ok()
-        .zip(std::env::var("WASMCDC_BENCH_CHANGES").ok())
-    {
+    let only = std::env::var("WASMCDC_BENCH_ONLY").ok();
+    let count = std::env::var("WASMCDC_BENCH_CHANGES").ok();
+    assert_eq!(
+        only.is_some(),
+        count.is_some(),
+        "set WASMCDC_BENCH_ONLY and WASMCDC_BENCH_CHANGES together, or neither"
+    );
+    if let Some((only, n)) = only.zip(count) {
         let n: usize = n.parse().expect("WASMCDC_BENCH_CHANGES is a number of changes");
+        assert!(
+            (1..=CHANGES).contains(&n),
+            "WASMCDC_BENCH_CHANGES is between 1 and {CHANGES}"
+        );
         let chain = match only.as_str() {
             "none" => &mut none,
             "identity" => &mut with_identity,
             "per-call" => &mut per_change,
             other => panic!("WASMCDC_BENCH_ONLY is none, identity or per-call, not {other}"),
         };
-        let ns = round(chain, &changes[..n.min(CHANGES)], &ctx);
+        let ns = round(chain, &changes[..n], &ctx);
         println!("{only}: {ns:.1} ns/change over {n} changes, one round");
         return;
     }

@@ -64,7 +64,7 @@ pub(super) struct Instance {
     /// The tables this instance has been sent (batched world only).
     tables: Tables,
     /// Emptied value lists of earlier calls, reused for the next rows so
-    /// that lending a row's values allocates nothing.
+    /// that lending a row's values does not allocate two lists per change.
     spare: Vec<Vec<v2::Value>>,
 }
 
@@ -343,10 +343,11 @@ impl Module {
         for (change, mut row) in changes.iter_mut().zip(rows) {
             restore(&mut change.columns, row.values.drain(..));
             restore(&mut change.key, row.key.drain(..));
-            let kept = [row.values, row.key]
-                .into_iter()
-                .filter(|l| l.capacity() <= SPARE_WIDTH);
-            instance.spare.extend(kept);
+            for list in [row.values, row.key] {
+                if list.capacity() <= SPARE_WIDTH && instance.spare.len() < SPARE_LISTS {
+                    instance.spare.push(list);
+                }
+            }
         }
         let failure = match result {
             None => waited_too_long(self.limits.call),
@@ -407,10 +408,12 @@ fn too_much(changes: usize, bytes: usize, limits: &Limits) -> Option<String> {
     })
 }
 
-/// The widest value list kept for reuse: enough for ordinary tables, while a
-/// batch of very wide ones (PostgreSQL allows 1 600 columns) does not pin
-/// megabytes per instance.
+/// The widest value list kept for reuse, and how many are kept: enough for a
+/// default batch (256 changes, two lists each) of ordinary tables, and at
+/// most about 1 MiB per instance whatever the batch size and table width
+/// (PostgreSQL allows 1 600 columns). Other lists are allocated per call.
 const SPARE_WIDTH: usize = 64;
+const SPARE_LISTS: usize = 512;
 
 /// Puts values back into their columns, in order.
 fn restore(columns: &mut [Column], values: impl IntoIterator<Item = v2::Value>) {
