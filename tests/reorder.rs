@@ -13,6 +13,7 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
+use crate::support::binary::{Pipeline, Running};
 use crate::support::{Deadline, Env, broker, secs};
 
 const ROWS: u32 = 40;
@@ -21,7 +22,59 @@ const TARGET_ROWS: &str = "SELECT CAST(id AS CHAR), v FROM ordered";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_redelivered_in_reverse_are_applied_in_order() {
-    let env = Env::new("reorder").await;
+    let (env, pipeline, queue, moved) = reversed_load("reorder").await;
+    let mut apply = pipeline.spawn_command("apply", None);
+    converges(&env, &pipeline, &mut apply).await;
+    apply.stop().await;
+    // Every message was acknowledged: none came back as ready when the apply let go.
+    assert_eq!(
+        broker::queue_depth(&queue).await,
+        0,
+        "messages left in {queue} of {moved}"
+    );
+}
+
+/// With a prefetch window too small to hold the messages that arrive before
+/// the one they follow, and the slot confirmed past all of them, the queue
+/// holds their only copies: the apply stops, says how to fix it, and
+/// acknowledges nothing. An apply with a large enough window then applies
+/// every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_too_small_to_reorder_stops_the_apply_and_loses_nothing() {
+    let (env, pipeline, queue, moved) = reversed_load("reorder_small").await;
+    let mut small = pipeline.setting("prefetch", "3").spawn_command("apply", None);
+    let status = small
+        .wait_exit(secs(60))
+        .await
+        .unwrap_or_else(|| panic!("the apply kept running with a window of 3\n{}", small.log_tail()));
+    assert!(!status.success(), "the apply exited with success\n{}", small.log_tail());
+    let log = small.log();
+    for phrase in [
+        "out of order by more than the prefetch window (3 messages)",
+        "nothing was acknowledged",
+        "raise `prefetch`",
+    ] {
+        assert!(
+            log.contains(phrase),
+            "the apply did not say {phrase:?}\n{}",
+            small.log_tail()
+        );
+    }
+    let deadline = Deadline::new("every message to be back in the queue", secs(30));
+    while broker::queue_depth(&queue).await != moved as u32 {
+        deadline.tick(&small.log_tail()).await;
+    }
+    let mut apply = pipeline.spawn_command("apply", None);
+    converges(&env, &pipeline, &mut apply).await;
+    apply.stop().await;
+}
+
+/// Fills a pipeline's queue with one message per transaction, each of which
+/// changes the row of the one before, confirms the slot past all of them and
+/// puts them back in reverse. Returns the queue's name and how many messages
+/// it holds.
+async fn reversed_load(tag: &str) -> (Env, Pipeline, String, usize) {
+    let env = Env::new(tag).await;
     env.pg_exec("CREATE TABLE ordered (id int PRIMARY KEY, v text NOT NULL)")
         .await;
     let pipeline = env.pipeline().tables("public.ordered");
@@ -52,17 +105,17 @@ async fn messages_redelivered_in_reverse_are_applied_in_order() {
     let moved = reverse_queue(&queue).await;
     // Transactions 40 ms apart mostly travel alone; a loaded machine may put two in one message.
     assert!(moved >= ROWS as usize / 4, "only {moved} messages were in the queue");
-    eprintln!("messages_redelivered_in_reverse_are_applied_in_order: {moved} messages put back in reverse");
+    eprintln!("{tag}: {moved} messages put back in reverse");
+    (env, pipeline, queue, moved)
+}
 
-    let mut apply = pipeline.spawn_command("apply", None);
-    env.wait_equal(&pipeline, &mut [&mut apply], SOURCE_ROWS, TARGET_ROWS, secs(60))
+/// Waits for the target to equal the source, with nothing dead-lettered.
+async fn converges(env: &Env, pipeline: &Pipeline, apply: &mut Running) {
+    env.wait_equal(pipeline, &mut [&mut *apply], SOURCE_ROWS, TARGET_ROWS, secs(60))
         .await
         .unwrap_or_else(|diff| panic!("the target differs from the source\n{diff}\n{}", apply.log_tail()));
-    broker::assert_no_dead_letters(&pipeline.slot, &apply).await;
+    broker::assert_no_dead_letters(&pipeline.slot, apply).await;
     pipeline.assert_verified().await;
-    apply.stop().await;
-    // Every message was acknowledged: none came back as ready when the apply let go.
-    assert_eq!(broker::queue_depth(&queue).await, 0, "messages left in {queue}");
 }
 
 /// Takes every message out of `queue` and publishes them back to it, last first.

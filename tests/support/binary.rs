@@ -62,6 +62,8 @@ pub struct Pipeline {
     pub transforms: Vec<PathBuf>,
     /// `--transform-config`, `MODULE.KEY=VALUE`.
     pub transform_config: Vec<String>,
+    /// Other configuration keys, given as their `WASMCDC_*` variables.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Pipeline {
@@ -111,6 +113,14 @@ impl Pipeline {
         p
     }
 
+    /// The same pipeline with the configuration key `key` (as in the
+    /// configuration file, for example `prefetch`) set to `value`.
+    pub fn setting(&self, key: &str, value: &str) -> Self {
+        let mut p = self.clone();
+        p.settings.push((key.to_owned(), value.to_owned()));
+        p
+    }
+
     /// `wasmcdc <command...>` with this pipeline's flags and none from the environment.
     pub fn command(&self, command: &[&str]) -> Command {
         let mut cmd = Command::new(binary());
@@ -138,6 +148,9 @@ impl Pipeline {
             "RUST_BACKTRACE",
         ] {
             cmd.env_remove(var);
+        }
+        for (key, value) in &self.settings {
+            cmd.env(format!("WASMCDC_{}", key.to_uppercase().replace('-', "_")), value);
         }
         // Tests run side by side: each process serves on a port of its own, named in its log.
         cmd.env("WASMCDC_METRICS_ADDR", "127.0.0.1:0");

@@ -300,6 +300,7 @@ async fn new_pipeline(pg_server: &str, pg_db: &str, name: &str) -> Pipeline {
         tables: "public.itrequests".to_owned(),
         transforms: Vec::new(),
         transform_config: Vec::new(),
+        settings: Vec::new(),
     }
 }
 

@@ -596,18 +596,8 @@ impl Apply<'_> {
         learn_targets(&mut self.declared, &message.targets);
         if message.chunk.is_some() {
             // Columns added in PostgreSQL, before the final chunk applies every staged one.
-            let (pool, known, declared) = (self.pool, &mut self.known, &self.declared);
-            retrying("adding new columns", self.shutdown, async || {
-                add_new_columns(
-                    pool,
-                    known,
-                    declared,
-                    message.transactions.iter().flat_map(|t| &t.changes),
-                )
-                .await
-            })
-            .await
-            .map_err(ApplyError::from)?;
+            self.add_columns(message.transactions.iter().flat_map(|t| &t.changes))
+                .await?;
         }
         if self.assembler.needs_resync(&message) {
             // What this apply holds goes in first, so the target's offset is current.
@@ -663,7 +653,7 @@ impl Apply<'_> {
             Step::Gap { reached, prev_lsn } => {
                 tracing::warn!(
                     %reached, %prev_lsn,
-                    "a message starts at {prev_lsn} but the target holds only {reached}, and the prefetch window is full of messages held for their turn, so it is not applied; the capture sends it again from the slot"
+                    "a message starts at {prev_lsn} but the target holds only {reached}, and the prefetch window is full of messages held for their turn, so it is not applied"
                 );
                 self.settle_past_gap(tag).await
             }
@@ -674,7 +664,7 @@ impl Apply<'_> {
             } => {
                 tracing::warn!(
                     lsn = %commit_lsn, ?expected, got,
-                    "chunk {got} of the transaction committed at {commit_lsn} arrived without the chunks before it, and the prefetch window is full of messages held for their turn, so nothing of it is applied; the capture sends the whole transaction again from the slot"
+                    "chunk {got} of the transaction committed at {commit_lsn} arrived without the chunks before it, and the prefetch window is full of messages held for their turn, so nothing of it is applied"
                 );
                 self.settle_past_gap(tag).await
             }
@@ -813,7 +803,13 @@ impl Apply<'_> {
     async fn settle_past_gap(&mut self, tag: u64) -> Result<(), ApplyError> {
         let reached = self.assembler.reached();
         match slot_position(self.source, self.pipeline).await {
-            Ok(Some(confirmed)) if confirmed <= reached => self.settle(tag).await,
+            Ok(Some(confirmed)) if confirmed <= reached => {
+                tracing::info!(
+                    %confirmed, %reached,
+                    "the replication slot is confirmed only up to {confirmed}, so the capture sends the message again; it is acknowledged unapplied"
+                );
+                self.settle(tag).await
+            }
             slot => Err(ApplyError::Gap(format!(
                 "messages of pipeline '{}' arrive out of order by more than the prefetch window ({} messages) can hold while waiting for the one that follows {reached}, and the replication slot is {}, so they may be the only copies; nothing was acknowledged, so nothing is lost: raise `prefetch` to at least that of any other apply of this pipeline, and start the apply again",
                 self.pipeline,
@@ -827,6 +823,17 @@ impl Apply<'_> {
         }
     }
 
+    /// Adds to their targets the columns PostgreSQL gained, before `changes`
+    /// apply; retried like any write.
+    async fn add_columns<'c>(&mut self, changes: impl Iterator<Item = &'c Change> + Clone) -> Result<(), ApplyError> {
+        let (pool, known, declared) = (self.pool, &mut self.known, &self.declared);
+        retrying("adding new columns", self.shutdown, async || {
+            add_new_columns(pool, known, declared, changes.clone()).await
+        })
+        .await
+        .map_err(ApplyError::from)
+    }
+
     /// Applies the group in one MariaDB transaction, then acknowledges it. A group
     /// that MariaDB refuses is retried one source transaction at a time, and each
     /// transaction it still refuses goes to the dead-letter queue.
@@ -837,19 +844,14 @@ impl Apply<'_> {
         }
         let group = std::mem::take(&mut self.group);
         let (pool, pipeline, max_bytes) = (self.pool, self.pipeline, self.statement_bytes);
-        let (known, declared) = (&mut self.known, &self.declared);
-        let changes = || {
+        self.add_columns(
             group
                 .units
                 .iter()
                 .flat_map(|u| &u.transactions)
-                .flat_map(|t| &t.changes)
-        };
-        retrying("adding new columns", self.shutdown, async || {
-            add_new_columns(pool, known, declared, changes()).await
-        })
-        .await
-        .map_err(ApplyError::from)?;
+                .flat_map(|t| &t.changes),
+        )
+        .await?;
         match retrying("applying a group of transactions", self.shutdown, async || {
             apply_units(pool, pipeline, group.from, &group.units, max_bytes).await
         })
@@ -956,18 +958,8 @@ impl Apply<'_> {
         // Columns added in PostgreSQL: the final chunk's changes are checked; earlier chunks
         // carried the same columns unless the table changed inside the transaction.
         learn_targets(&mut self.declared, &final_chunk.targets);
-        let (known, declared) = (&mut self.known, &self.declared);
-        retrying("adding new columns", self.shutdown, async || {
-            add_new_columns(
-                pool,
-                known,
-                declared,
-                final_chunk.transactions.iter().flat_map(|t| &t.changes),
-            )
-            .await
-        })
-        .await
-        .map_err(ApplyError::from)?;
+        self.add_columns(final_chunk.transactions.iter().flat_map(|t| &t.changes))
+            .await?;
         let applied = retrying("applying a large transaction", self.shutdown, async || {
             apply_staged(
                 pool,

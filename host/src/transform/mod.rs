@@ -717,6 +717,14 @@ mod tests {
             .with_ansi(false)
             .finish();
         let mut chain = TransformChain::load(&[component("probe")], &[]).expect("load probe");
+        // While only one subscriber is registered, tracing works out whether a
+        // callsite is wanted from the default of whichever thread asks. A test
+        // on another thread, with no subscriber, that reaches the guest-output
+        // callsite during this one then caches it as unwanted and lowers the
+        // global maximum level to off, and this test sees an empty log. A
+        // second registered subscriber, alive for the whole test, makes
+        // tracing ask every registered subscriber instead.
+        let _witness = tracing::Dispatch::new(tracing_subscriber::fmt().with_writer(std::io::sink).finish());
         tracing::subscriber::with_default(subscriber, || {
             // Other tests print from the same callsites with no subscriber; a
             // callsite they register first caches "never", which a scoped
@@ -989,6 +997,40 @@ mod tests {
                 again.into_iter().map(|o| o.expect("passed")).collect::<Vec<_>>(),
                 expected
             );
+        }
+    }
+
+    #[test]
+    fn wide_rows_and_large_batches_keep_their_own_values() {
+        // The instance keeps the value lists it lends for the next call, but
+        // only narrow ones and only so many. Rows wider than that, and more
+        // lists in one call than it keeps, mix here with rows that reuse kept
+        // lists, over several calls: every change must come back as it was.
+        let mut chain = TransformChain::load(&[component("identity")], &[]).expect("load identity");
+        let wide = |n: i64| Change {
+            columns: (0..100)
+                .map(|i| column(&format!("c{i}"), "bigint", Value::Int(n * 1000 + i)))
+                .collect(),
+            ..change(Op::Insert, "wide")
+        };
+        let narrow = |n: i64| Change {
+            columns: vec![
+                column("requestid", "integer", Value::Int(n)),
+                column("details", "text", Value::Text(format!("row {n}"))),
+            ],
+            key: vec![column("requestid", "integer", Value::Int(n))],
+            ..change(Op::Update, "itrequests")
+        };
+        for round in 0..3 {
+            let batch: Vec<Change> = (0..1000)
+                .map(|n| if n % 7 == round { wide(n) } else { narrow(n) })
+                .collect();
+            let out: Vec<Change> = chain
+                .apply_batch(batch.clone(), &ctx())
+                .into_iter()
+                .flat_map(|o| o.expect("passed"))
+                .collect();
+            assert!(out == batch, "round {round}: a change came back with other values");
         }
     }
 

@@ -63,9 +63,8 @@ pub(super) struct Instance {
     stderr: GuestOutput,
     /// The tables this instance has been sent (batched world only).
     tables: Tables,
-    /// Emptied value lists of earlier calls, reused for the next rows so
-    /// that lending a row's values does not allocate two lists per change.
-    spare: Vec<Vec<v2::Value>>,
+    /// Value lists of earlier calls, reused for the next rows.
+    spare: Spare,
 }
 
 impl Module {
@@ -218,7 +217,7 @@ impl Module {
             stdout,
             stderr,
             tables: Tables::default(),
-            spare: Vec::new(),
+            spare: Spare::default(),
         };
         Ok((instance, targets))
     }
@@ -343,11 +342,8 @@ impl Module {
         for (change, mut row) in changes.iter_mut().zip(rows) {
             restore(&mut change.columns, row.values.drain(..));
             restore(&mut change.key, row.key.drain(..));
-            for list in [row.values, row.key] {
-                if list.capacity() <= SPARE_WIDTH && instance.spare.len() < SPARE_LISTS {
-                    instance.spare.push(list);
-                }
-            }
+            instance.spare.give(row.values);
+            instance.spare.give(row.key);
         }
         let failure = match result {
             None => waited_too_long(self.limits.call),
@@ -408,12 +404,33 @@ fn too_much(changes: usize, bytes: usize, limits: &Limits) -> Option<String> {
     })
 }
 
-/// The widest value list kept for reuse, and how many are kept: enough for a
-/// default batch (256 changes, two lists each) of ordinary tables, and at
-/// most about 1 MiB per instance whatever the batch size and table width
-/// (PostgreSQL allows 1 600 columns). Other lists are allocated per call.
-const SPARE_WIDTH: usize = 64;
-const SPARE_LISTS: usize = 512;
+/// Emptied value lists of earlier calls, kept so that lending a row's values
+/// does not allocate two lists per change.
+#[derive(Default)]
+struct Spare(Vec<Vec<v2::Value>>);
+
+impl Spare {
+    /// The widest list kept, and how many are kept: enough for a default
+    /// batch (256 changes, two lists each) of ordinary tables, and at most
+    /// about 1 MiB per instance whatever the batch size and table width
+    /// (PostgreSQL allows 1 600 columns). Other lists are allocated per call.
+    const WIDTH: usize = 64;
+    const LISTS: usize = 512;
+
+    /// An empty list: a kept one when there is one.
+    fn take(&mut self) -> Vec<v2::Value> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Keeps a list for a later row when it is narrow enough and there is
+    /// room; emptied here, so that no row is lent another's values.
+    fn give(&mut self, mut list: Vec<v2::Value>) {
+        if list.capacity() <= Self::WIDTH && self.0.len() < Self::LISTS {
+            list.clear();
+            self.0.push(list);
+        }
+    }
+}
 
 /// Puts values back into their columns, in order.
 fn restore(columns: &mut [Column], values: impl IntoIterator<Item = v2::Value>) {
@@ -422,9 +439,9 @@ fn restore(columns: &mut [Column], values: impl IntoIterator<Item = v2::Value>) 
     }
 }
 
-/// Lends a column's values to a row, in a list from `spare` when there is one: moved, not copied.
-fn lend(columns: &mut [Column], spare: &mut Vec<Vec<v2::Value>>) -> Vec<v2::Value> {
-    let mut values = spare.pop().unwrap_or_default();
+/// Lends a column's values to a row, in a list from `spare`: moved, not copied.
+fn lend(columns: &mut [Column], spare: &mut Spare) -> Vec<v2::Value> {
+    let mut values = spare.take();
     values.extend(
         columns
             .iter_mut()
@@ -471,7 +488,7 @@ impl Shape {
 impl Tables {
     /// The row for a change, its values lent; a table the instance has not
     /// been sent is added to `new`.
-    fn row(&mut self, change: &mut Change, new: &mut Vec<v2::Table>, spare: &mut Vec<Vec<v2::Value>>) -> v2::Row {
+    fn row(&mut self, change: &mut Change, new: &mut Vec<v2::Table>, spare: &mut Spare) -> v2::Row {
         let fits = |id: usize| self.shapes[id].table == change.table && self.shapes[id].fits(change);
         let found = self.last.filter(|&id| fits(id)).or_else(|| {
             self.by_name
@@ -533,5 +550,27 @@ impl From<v2::Target> for Target {
                 .collect(),
             key: t.key,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spare_lends_only_empty_lists_and_keeps_few_narrow_ones() {
+        let mut spare = Spare::default();
+        let mut used = spare.take();
+        used.extend([v2::Value::Int(1), v2::Value::Text("a".into())]);
+        spare.give(used);
+        let again = spare.take();
+        assert!(again.is_empty(), "a kept list still held {again:?}");
+        assert!(again.capacity() >= 2, "the kept list was not the one reused");
+        spare.give(Vec::with_capacity(Spare::WIDTH + 1));
+        assert!(spare.0.is_empty(), "a list wider than {} was kept", Spare::WIDTH);
+        for _ in 0..Spare::LISTS + 10 {
+            spare.give(Vec::with_capacity(4));
+        }
+        assert_eq!(spare.0.len(), Spare::LISTS);
     }
 }
