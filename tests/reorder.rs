@@ -67,12 +67,17 @@ async fn a_window_too_small_to_reorder_stops_the_apply_and_loses_nothing() {
     let mut apply = pipeline.spawn_command("apply", None);
     converges(&env, &pipeline, &mut apply).await;
     apply.stop().await;
+    assert_eq!(
+        broker::queue_depth(&queue).await,
+        0,
+        "messages left in {queue} of {moved}"
+    );
 }
 
 /// Fills a pipeline's queue with one message per transaction, each of which
 /// changes the row of the one before, confirms the slot past all of them and
-/// puts them back in reverse. Returns the queue's name and how many messages
-/// it holds.
+/// puts them back in reverse. Returns the environment, the pipeline, the
+/// queue's name and how many messages it holds.
 async fn reversed_load(tag: &str) -> (Env, Pipeline, String, usize) {
     let env = Env::new(tag).await;
     env.pg_exec("CREATE TABLE ordered (id int PRIMARY KEY, v text NOT NULL)")

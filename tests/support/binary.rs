@@ -114,8 +114,24 @@ impl Pipeline {
     }
 
     /// The same pipeline with the configuration key `key` (as in the
-    /// configuration file, for example `prefetch`) set to `value`.
+    /// configuration file, for example `prefetch`) set to `value`. Keys that
+    /// `command` passes as flags or sets itself are refused: the flag would
+    /// win, and the setting would be silently ignored.
     pub fn setting(&self, key: &str, value: &str) -> Self {
+        assert!(
+            ![
+                "pg-url",
+                "mariadb-url",
+                "amqp-url",
+                "slot",
+                "tables",
+                "transform",
+                "transform-config",
+                "metrics-addr"
+            ]
+            .contains(&key),
+            "`{key}` has a builder method or is set by `command`"
+        );
         let mut p = self.clone();
         p.settings.push((key.to_owned(), value.to_owned()));
         p

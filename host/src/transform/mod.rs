@@ -712,26 +712,33 @@ mod tests {
         }
         let captured = Captured::default();
         let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
+        let subscriber = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        );
         let mut chain = TransformChain::load(&[component("probe")], &[]).expect("load probe");
         // While only one subscriber is registered, tracing works out whether a
-        // callsite is wanted from the default of whichever thread asks. A test
-        // on another thread, with no subscriber, that reaches the guest-output
-        // callsite during this one then caches it as unwanted and lowers the
-        // global maximum level to off, and this test sees an empty log. A
-        // second registered subscriber, alive for the whole test, makes
-        // tracing ask every registered subscriber instead.
+        // callsite is wanted from the default subscriber of whichever thread
+        // asks. Another test, on a thread with no subscriber, that reaches the
+        // guest-output callsite first during this one would cache it as
+        // unwanted, and this test would see an empty log. With a second
+        // subscriber registered for the whole test, tracing asks every
+        // registered subscriber instead, and this test's always wants it. A
+        // thread that started asking before that can still store its answer
+        // after this test rebuilt the cache; no such answer can start later,
+        // so one more rebuild settles it.
         let _witness = tracing::Dispatch::new(tracing_subscriber::fmt().with_writer(std::io::sink).finish());
-        tracing::subscriber::with_default(subscriber, || {
-            // Other tests print from the same callsites with no subscriber; a
-            // callsite they register first caches "never", which a scoped
-            // subscriber does not revisit until the cache is rebuilt.
-            tracing::callsite::rebuild_interest_cache();
-            chain.apply(change(Op::Insert, "print"), &ctx()).expect("print");
-        });
+        for _ in 0..3 {
+            tracing::dispatcher::with_default(&subscriber, || {
+                tracing::callsite::rebuild_interest_cache();
+                chain.apply(change(Op::Insert, "print"), &ctx()).expect("print");
+            });
+            if !captured.0.lock().expect("log").is_empty() {
+                break;
+            }
+        }
         let log = String::from_utf8(captured.0.lock().expect("log").clone()).expect("utf-8");
         assert!(
             log.contains("stdout from probe") && log.contains("stream=\"stdout\""),
@@ -1006,7 +1013,12 @@ mod tests {
         // only narrow ones and only so many. Rows wider than that, and more
         // lists in one call than it keeps, mix here with rows that reuse kept
         // lists, over several calls: every change must come back as it was.
-        let mut chain = TransformChain::load(&[component("identity")], &[]).expect("load identity");
+        // One call for the whole batch: 2 000 lists lent, more than are kept.
+        let limits = Limits {
+            batch: 1000,
+            ..Limits::default()
+        };
+        let mut chain = TransformChain::load_with(&[component("identity")], &[], limits).expect("load identity");
         let wide = |n: i64| Change {
             columns: (0..100)
                 .map(|i| column(&format!("c{i}"), "bigint", Value::Int(n * 1000 + i)))
