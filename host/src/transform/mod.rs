@@ -1011,9 +1011,9 @@ mod tests {
     fn wide_rows_and_large_batches_keep_their_own_values() {
         // The instance keeps the value lists it lends for the next call, but
         // only narrow ones and only so many. Rows wider than that, and more
-        // lists in one call than it keeps, mix here with rows that reuse kept
-        // lists, over several calls: every change must come back as it was.
-        // One call for the whole batch: 2 000 lists lent, more than are kept.
+        // lists in one call than it keeps (a batch of 1 000 changes is one
+        // call that lends 2 000), mix here with rows that reuse kept lists,
+        // over several calls: every change must come back as it was.
         let limits = Limits {
             batch: 1000,
             ..Limits::default()
