@@ -13,7 +13,7 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
-use crate::support::binary::{Pipeline, Running};
+use crate::support::binary::Pipeline;
 use crate::support::{Deadline, Env, broker, secs};
 
 const ROWS: u32 = 40;
@@ -23,15 +23,7 @@ const TARGET_ROWS: &str = "SELECT CAST(id AS CHAR), v FROM ordered";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_redelivered_in_reverse_are_applied_in_order() {
     let (env, pipeline, queue, moved) = reversed_load("reorder").await;
-    let mut apply = pipeline.spawn_command("apply", None);
-    converges(&env, &pipeline, &mut apply).await;
-    apply.stop().await;
-    // Every message was acknowledged: none came back as ready when the apply let go.
-    assert_eq!(
-        broker::queue_depth(&queue).await,
-        0,
-        "messages left in {queue} of {moved}"
-    );
+    applies_all(&env, &pipeline, &queue, moved).await;
 }
 
 /// With a prefetch window too small to hold the messages that arrive before
@@ -64,14 +56,7 @@ async fn a_window_too_small_to_reorder_stops_the_apply_and_loses_nothing() {
     while broker::queue_depth(&queue).await != moved as u32 {
         deadline.tick(&small.log_tail()).await;
     }
-    let mut apply = pipeline.spawn_command("apply", None);
-    converges(&env, &pipeline, &mut apply).await;
-    apply.stop().await;
-    assert_eq!(
-        broker::queue_depth(&queue).await,
-        0,
-        "messages left in {queue} of {moved}"
-    );
+    applies_all(&env, &pipeline, &queue, moved).await;
 }
 
 /// Fills a pipeline's queue with one message per transaction, each of which
@@ -114,13 +99,23 @@ async fn reversed_load(tag: &str) -> (Env, Pipeline, String, usize) {
     (env, pipeline, queue, moved)
 }
 
-/// Waits for the target to equal the source, with nothing dead-lettered.
-async fn converges(env: &Env, pipeline: &Pipeline, apply: &mut Running) {
-    env.wait_equal(pipeline, &mut [&mut *apply], SOURCE_ROWS, TARGET_ROWS, secs(60))
+/// Runs an apply with the default window until the target equals the source,
+/// with nothing dead-lettered and `verify` content, and stops it. Every
+/// message must have been acknowledged: none comes back as ready when the
+/// apply lets go.
+async fn applies_all(env: &Env, pipeline: &Pipeline, queue: &str, moved: usize) {
+    let mut apply = pipeline.spawn_command("apply", None);
+    env.wait_equal(pipeline, &mut [&mut apply], SOURCE_ROWS, TARGET_ROWS, secs(60))
         .await
         .unwrap_or_else(|diff| panic!("the target differs from the source\n{diff}\n{}", apply.log_tail()));
-    broker::assert_no_dead_letters(&pipeline.slot, apply).await;
+    broker::assert_no_dead_letters(&pipeline.slot, &apply).await;
     pipeline.assert_verified().await;
+    apply.stop().await;
+    assert_eq!(
+        broker::queue_depth(queue).await,
+        0,
+        "messages left in {queue} of {moved}"
+    );
 }
 
 /// Takes every message out of `queue` and publishes them back to it, last first.
