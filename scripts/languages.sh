@@ -3,7 +3,7 @@
 # transforms/target/languages/: installs their toolchains (componentize-py
 # from PyPI into a virtual environment, componentize-js from npm) at the
 # versions the folders pin, runs their unit tests, and builds each component
-# against wit/. A step whose inputs have not changed since it last ran is
+# against wit/v0.2 (the 0.2.0 world, which they prove still works). A step whose inputs have not changed since it last ran is
 # skipped, so a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,11 +28,11 @@ if stale "$venv/installed" "$py/requirements.txt"; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$py/requirements.txt"
     touch "$venv/installed"
 fi
-if stale "$out/mask-email-py.wasm" "$py" wit "$venv/installed"; then
+if stale "$out/mask-email-py.wasm" "$py" wit/v0.2 "$venv/installed"; then
     echo "languages: testing the Python logic ($py)"
     (cd "$py" && python3 -m unittest --quiet)
     echo "languages: building $out/mask-email-py.wasm with $("$venv/bin/componentize-py" --version)"
-    "$venv/bin/componentize-py" -d wit -w transformer componentize -p "$py" app -o "$out/mask-email-py.wasm" >/dev/null
+    "$venv/bin/componentize-py" -d wit/v0.2 -w transformer componentize -p "$py" app -o "$out/mask-email-py.wasm" >/dev/null
 fi
 
 if stale "$js/node_modules/.installed" "$js/package-lock.json"; then
@@ -40,7 +40,7 @@ if stale "$js/node_modules/.installed" "$js/package-lock.json"; then
     (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
     touch "$js/node_modules/.installed"
 fi
-if stale "$out/mask-email-js.wasm" "$js" wit "$js/node_modules/.installed"; then
+if stale "$out/mask-email-js.wasm" "$js" wit/v0.2 "$js/node_modules/.installed"; then
     echo "languages: testing the JavaScript logic ($js)"
     (cd "$js" && node --test --test-reporter=dot)
     echo "languages: building $out/mask-email-js.wasm with componentize-js $("$js/node_modules/.bin/componentize-js" --version)"

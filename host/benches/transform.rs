@@ -1,13 +1,14 @@
 //! Per-change cost of the identity component against no transform at all, in
-//! both worlds: the batched `@0.2.0` one (`identity`, batches of one source
-//! transaction) and the per-change `@0.1.0` one (`probe`, which passes other
-//! tables through).
+//! each world, batches being one source transaction:
+//! - `@0.3.0` (`identity`), whose rows cross unread;
+//! - `@0.2.0` (`identity_v2`), which sends every value into the call;
+//! - `@0.1.0` (`probe`, which passes other tables through), one call per change.
 //!
 //! Build the components first (`cargo build --target wasm32-wasip2 --release`
 //! in `transforms/`), then: `cargo bench -p wasmcdc --bench transform`.
 //!
 //! Times on a shared machine drift by tens of percent from run to run.
-//! `WASMCDC_BENCH_ONLY=none|identity|per-call` with `WASMCDC_BENCH_CHANGES=N`
+//! `WASMCDC_BENCH_ONLY=none|identity|sent|per-call` with `WASMCDC_BENCH_CHANGES=N`
 //! runs one chain once over N changes, so that instructions can be counted
 //! under callgrind: the difference of the counts of two runs, divided by the
 //! difference of their N, is the instructions one change costs, nearly the
@@ -99,6 +100,7 @@ fn main() {
     };
     let mut none = TransformChain::load(&[], &[]).expect("empty chain");
     let mut with_identity = TransformChain::load(&[identity], &[]).expect("identity loads");
+    let mut sent = TransformChain::load(&[component("identity_v2")], &[]).expect("identity_v2 loads");
     let mut per_change = TransformChain::load(&[component("probe")], &[]).expect("probe loads");
     // One chain, one round over the first N changes: for counting instructions
     // under `valgrind --tool=callgrind`, which a shared machine does not disturb.
@@ -118,27 +120,30 @@ fn main() {
         let chain = match only.as_str() {
             "none" => &mut none,
             "identity" => &mut with_identity,
+            "sent" => &mut sent,
             "per-call" => &mut per_change,
-            other => panic!("WASMCDC_BENCH_ONLY is none, identity or per-call, not {other}"),
+            other => panic!("WASMCDC_BENCH_ONLY is none, identity, sent or per-call, not {other}"),
         };
         let ns = round(chain, &changes[..n], &ctx);
         println!("{only}: {ns:.1} ns/change over {n} changes, one round");
         return;
     }
-    let mut chains = [&mut none, &mut with_identity, &mut per_change];
+    let mut chains = [&mut none, &mut with_identity, &mut sent, &mut per_change];
     // Warm every path once.
     measure(&mut chains, &changes[..1_000], &ctx);
-    let [baseline, identity_ns, per_change_ns] = measure(&mut chains, &changes, &ctx);
+    let [baseline, identity_ns, sent_ns, per_change_ns] = measure(&mut chains, &changes, &ctx);
     println!(
         "changes per round:        {CHANGES} (seed-table updates, {TRANSACTION} per transaction, best of {ROUNDS} rounds, taking turns)"
     );
     println!("no transform:             {baseline:>9.1} ns/change");
-    println!("identity, 0.2.0 batched:  {identity_ns:>9.1} ns/change");
+    println!("identity, 0.3.0 unread:   {identity_ns:>9.1} ns/change");
+    println!("identity, 0.2.0 sent:     {sent_ns:>9.1} ns/change");
     println!("identity, 0.1.0 per call: {per_change_ns:>9.1} ns/change");
     println!(
-        "overhead of identity:     {:>9.1} ns/change batched ({:.1}x the baseline), {:.1} ns/change per call",
+        "overhead of identity:     {:>9.1} ns/change on 0.3.0 ({:.1}x the baseline), {:.1} on 0.2.0, {:.1} per call on 0.1.0",
         identity_ns - baseline,
         identity_ns / baseline,
+        sent_ns - baseline,
         per_change_ns - baseline
     );
     println!(

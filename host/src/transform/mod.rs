@@ -14,6 +14,7 @@ pub mod watch;
 
 mod check;
 mod module;
+mod rows;
 mod sandbox;
 mod trial;
 mod wit;
@@ -94,7 +95,7 @@ pub enum TransformError {
     NotComponent { path: PathBuf, reason: String },
     /// The component does not fit the `transformer` world or needs imports the host withholds.
     #[error(
-        "transform '{module}' fits neither the wasmcdc:transform@0.2.0 nor the @0.1.0 `transformer` world ({reason}); export `init` and `transform` as wit/world.wit says, and import nothing beyond WASI 0.2 without files or network"
+        "transform '{module}' fits none of the wasmcdc:transform@0.3.0, @0.2.0 and @0.1.0 `transformer` worlds ({reason}); export `init` and `transform` as wit/world.wit says, and import nothing beyond the world's `rows` and WASI 0.2 without files or network"
     )]
     Incompatible { module: String, reason: String },
     /// Instantiation or `init` trapped.
@@ -938,20 +939,18 @@ mod tests {
         let report = check(&path).expect("valid");
         let expected = hex::encode(Sha256::digest(std::fs::read(&path).expect("read")));
         assert_eq!(report.hash, expected);
-        assert_eq!(report.world, "wasmcdc:transform@0.2.0");
+        assert_eq!(report.world, "wasmcdc:transform@0.3.0");
         assert!(report.exports.contains(&"init (function)".to_owned()), "{report}");
         assert!(report.exports.contains(&"transform (function)".to_owned()), "{report}");
-        assert!(
-            report
-                .imports
-                .iter()
-                .any(|i| i.starts_with("wasmcdc:transform/types@0.2.0")),
-            "{report}"
-        );
+        for interface in ["wasmcdc:transform/types@0.3.0", "wasmcdc:transform/rows@0.3.0"] {
+            assert!(report.imports.iter().any(|i| i.starts_with(interface)), "{report}");
+        }
         assert_eq!(report.init, Ok(Vec::new()));
         let text = report.to_string();
-        assert!(text.contains("world: wasmcdc:transform@0.2.0 transformer"), "{text}");
+        assert!(text.contains("world: wasmcdc:transform@0.3.0 transformer"), "{text}");
         assert!(text.contains("init: accepts an empty configuration"), "{text}");
+        let sent = check(&component("identity_v2")).expect("a 0.2.0 component is valid");
+        assert_eq!(sent.world, "wasmcdc:transform@0.2.0");
         let old = check(&component("probe")).expect("a 0.1.0 component is valid");
         assert_eq!(old.world, "wasmcdc:transform@0.1.0");
         assert!(
@@ -969,10 +968,11 @@ mod tests {
     }
 
     #[test]
-    fn both_worlds_transform_alike() {
+    fn every_world_transforms_alike() {
         // The probe is built against 0.1.0 and passes other tables through;
-        // identity is built against 0.2.0.
+        // identity_v2 is identity on 0.2.0, identity is on 0.3.0.
         let mut old = TransformChain::load(&[component("probe")], &[]).expect("load probe");
+        let mut sent = TransformChain::load(&[component("identity_v2")], &[]).expect("load identity_v2");
         let mut batched = TransformChain::load(&[component("identity")], &[]).expect("load identity");
         let mut widened = change(Op::Insert, "itrequests");
         widened.columns.push(column("added", "integer", Value::Int(5)));
@@ -990,7 +990,7 @@ mod tests {
             change(Op::Insert, "orders"),
         ];
         let expected: Vec<Vec<Change>> = batch.iter().map(|c| vec![c.clone()]).collect();
-        for chain in [&mut old, &mut batched] {
+        for chain in [&mut old, &mut sent, &mut batched] {
             let out: Vec<Vec<Change>> = chain
                 .apply_batch(batch.clone(), &ctx())
                 .into_iter()
@@ -1018,7 +1018,7 @@ mod tests {
             batch: 1000,
             ..Limits::default()
         };
-        let mut chain = TransformChain::load_with(&[component("identity")], &[], limits).expect("load identity");
+        let mut chain = TransformChain::load_with(&[component("identity_v2")], &[], limits).expect("load identity_v2");
         let wide = |n: i64| Change {
             columns: (0..100)
                 .map(|i| column(&format!("c{i}"), "bigint", Value::Int(n * 1000 + i)))
@@ -1092,6 +1092,79 @@ mod tests {
         // A failed batch leaves a working instance behind.
         let next = change(Op::Update, "orders");
         assert_eq!(chain.apply(next.clone(), &ctx()).expect("after"), vec![next]);
+    }
+
+    #[test]
+    fn a_row_read_after_its_call_fails_its_reader() {
+        // `hold` keeps its change unread and drops it; `stale` reads the kept
+        // change in a later call, where its id names no row of the call.
+        let mut chain = TransformChain::load(&[component("probe_batched")], &[]).expect("load");
+        let held = chain.apply_batch(vec![change(Op::Insert, "hold")], &ctx());
+        assert!(held[0].as_ref().expect("hold").is_empty());
+        let stale = chain.apply_batch(vec![change(Op::Insert, "stale")], &ctx());
+        let failure = stale[0].as_ref().expect_err("a stale read passed").to_string();
+        assert!(
+            failure.contains("which is not in the call under way; a row can be read only during the `transform` call that delivered it"),
+            "{failure}"
+        );
+        // The failed instance is replaced, and rows of later calls read as usual.
+        let batch = vec![change(Op::Insert, "itrequests"), change(Op::Insert, "upper")];
+        let out = chain.apply_batch(batch.clone(), &ctx());
+        assert_eq!(out[0].as_ref().expect("first"), &vec![batch[0].clone()]);
+        assert_eq!(text_of(&out[1].as_ref().expect("upper")[0], "t"), "REPAIR LAPTOP ✓");
+        // In a batch of several, the stale read fails the call, and the rows
+        // are transformed again one at a time on fresh instances, which hold
+        // nothing: what the failed instance kept is gone, and nothing else.
+        chain.apply_batch(vec![change(Op::Insert, "hold")], &ctx());
+        let batch = vec![change(Op::Insert, "itrequests"), change(Op::Insert, "stale")];
+        let out = chain.apply_batch(batch.clone(), &ctx());
+        assert_eq!(out[0].as_ref().expect("first"), &vec![batch[0].clone()]);
+        assert_eq!(
+            out[1].as_ref().expect("stale, on a fresh instance"),
+            &vec![batch[1].clone()]
+        );
+    }
+
+    #[test]
+    fn each_row_reads_its_own_values_and_key() {
+        // Rows that differ in every read: `route` reads values and key and
+        // sends them back whole, `upper` reads and edits the values, and the
+        // rest are kept unread, interleaved so that an id off by one, or
+        // values and key swapped, shows.
+        let mut chain = TransformChain::load(&[component("probe_batched")], &[]).expect("load");
+        let batch: Vec<Change> = ["route", "upper", "itrequests", "route", "upper", "route"]
+            .iter()
+            .enumerate()
+            .map(|(i, table)| {
+                let mut c = change(Op::Update, table);
+                c.key[0].value = Value::Int(i as i64);
+                for column in &mut c.columns {
+                    if column.name == "t" {
+                        column.value = Value::Text(format!("row {i}"));
+                    }
+                }
+                c
+            })
+            .collect();
+        for round in 0..2 {
+            let out = chain.apply_batch(batch.clone(), &ctx());
+            for (i, (sent, outcome)) in batch.iter().zip(out).enumerate() {
+                let got = outcome.expect("passed").pop().expect("one change");
+                assert_eq!(got.key, sent.key, "round {round}, row {i}: key");
+                let expected = match sent.table.as_str() {
+                    "upper" => format!("ROW {i}"),
+                    _ => format!("row {i}"),
+                };
+                assert_eq!(text_of(&got, "t"), expected, "round {round}, row {i}");
+                let table = if sent.table == "route" {
+                    "routed"
+                } else {
+                    sent.table.as_str()
+                };
+                assert_eq!(got.table, table);
+                assert_eq!(got.columns.len(), sent.columns.len());
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! One transform module: its compiled component, the world it exports, and
 //! its live instance.
 //!
-//! A component exports either world. The batched one (`@0.2.0`) gets a batch
-//! of rows per call; a table's names and types cross once per instance, and
-//! the values of a row move into the call and back out of it, so a row the
-//! guest keeps costs no copy. A `@0.1.0` component gets one self-describing
-//! change per call, as it was built for.
+//! A component exports one of three worlds. The batched ones get a batch of
+//! rows per call, and a table's names and types cross once per instance:
+//! - `@0.3.0` leaves a row's values with the host until the guest reads them
+//!   (`rows.rs`), so a row passed on unread is never copied;
+//! - `@0.2.0` sends every value: a row's values move into the call and back
+//!   out of it, so a row the guest keeps costs no host copy.
+//!
+//! A `@0.1.0` component gets one self-describing change per call, as it was
+//! built for.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,14 +17,14 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 
 use super::sandbox::{
     Guest, GuestOutput, GuestRuntime, arm, describe_failure, engine, error_text, log_output, new_store, waited_too_long,
 };
-use super::wit::{self, v1, v2};
+use super::wit::{self, Reply, SentTable, v1, v2, v3};
 use super::{Limits, ModuleSpec, TransformError};
-use crate::change::{Change, Column, Target, TargetColumn, TxContext, Value};
+use crate::change::{Change, Column, Target, TxContext, Value};
 
 /// What became of one change given to a module or a chain: the changes it
 /// became (none when dropped), or why it could not be transformed.
@@ -30,12 +34,14 @@ pub type Outcome = Result<Vec<Change>, TransformError>;
 enum Pre {
     V1(v1::TransformerPre<Guest>),
     V2(v2::TransformerPre<Guest>),
+    V3(v3::TransformerPre<Guest>),
 }
 
 /// A live instance's exports.
 enum Bindings {
     V1(v1::Transformer),
     V2(v2::Transformer),
+    V3(v3::Transformer),
 }
 
 /// One compiled component and its live instance.
@@ -61,7 +67,7 @@ pub(super) struct Instance {
     bindings: Bindings,
     stdout: GuestOutput,
     stderr: GuestOutput,
-    /// The tables this instance has been sent (batched world only).
+    /// The tables this instance has been sent (batched worlds only).
     tables: Tables,
     /// Value lists of earlier calls, reused for the next rows.
     spare: Spare,
@@ -108,6 +114,7 @@ impl Module {
         match self.pre {
             Pre::V1(_) => wit::V1,
             Pre::V2(_) => wit::V2,
+            Pre::V3(_) => wit::V3,
         }
     }
 
@@ -143,13 +150,16 @@ impl Module {
         };
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(incompatible)?;
+        v3::Transformer::add_to_linker::<Guest, HasSelf<Guest>>(&mut linker, |guest| guest).map_err(incompatible)?;
         let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
-        // The exports' types tell the worlds apart; the batched one is tried first.
-        let pre = match v2::TransformerPre::new(pre.clone()) {
-            Ok(pre) => Pre::V2(pre),
-            Err(batched) => match v1::TransformerPre::new(pre) {
-                Ok(pre) => Pre::V1(pre),
-                Err(_) => return Err(incompatible(batched)),
+        // The exports' types tell the worlds apart; the newest is tried first,
+        // and its reason is the one reported when none fits.
+        let pre = match v3::TransformerPre::new(pre.clone()) {
+            Ok(pre) => Pre::V3(pre),
+            Err(newest) => match (v2::TransformerPre::new(pre.clone()), v1::TransformerPre::new(pre)) {
+                (Ok(pre), _) => Pre::V2(pre),
+                (_, Ok(pre)) => Pre::V1(pre),
+                _ => return Err(incompatible(newest)),
             },
         };
         Ok((component, pre, hash))
@@ -172,6 +182,10 @@ impl Module {
                 .runtime
                 .run(1, pre.instantiate_async(&mut store))
                 .map(|r| r.map(Bindings::V2)),
+            Pre::V3(pre) => self
+                .runtime
+                .run(1, pre.instantiate_async(&mut store))
+                .map(|r| r.map(Bindings::V3)),
         };
         let bindings = match started {
             Some(Ok(bindings)) => bindings,
@@ -190,7 +204,14 @@ impl Module {
                 .runtime
                 .run(1, b.call_init(&mut store, &self.config))
                 .map(|r| r.map(|r| r.map(|()| Vec::new()))),
-            Bindings::V2(b) => self.runtime.run(1, b.call_init(&mut store, &self.config)),
+            Bindings::V2(b) => self
+                .runtime
+                .run(1, b.call_init(&mut store, &self.config))
+                .map(|r| r.map(|r| r.map(|targets| targets.into_iter().map(Target::from).collect()))),
+            Bindings::V3(b) => self
+                .runtime
+                .run(1, b.call_init(&mut store, &self.config))
+                .map(|r| r.map(|r| r.map(|targets| targets.into_iter().map(Target::from).collect()))),
         };
         log_output(&self.name, &stdout, &stderr);
         let targets = match init {
@@ -204,7 +225,6 @@ impl Module {
             Some(Err(e)) => return Err(failed_start(describe_failure(&self.name, &e, &store))),
             None => return Err(failed_start(waited_too_long(self.limits.call))),
         };
-        let targets: Vec<Target> = targets.into_iter().map(Target::from).collect();
         if let Some(message) = targets.iter().find_map(Target::fault) {
             return Err(TransformError::Init {
                 module: self.name.clone(),
@@ -248,7 +268,11 @@ impl Module {
                 .collect();
         }
         let count = changes.len();
-        match self.call_v2(changes, ctx) {
+        let called = match self.pre {
+            Pre::V3(_) => self.call_v3(changes, ctx),
+            _ => self.call_v2(changes, ctx),
+        };
+        match called {
             Ok(outcomes) => outcomes,
             Err((changes, reason)) if count == 1 => {
                 drop(changes);
@@ -326,10 +350,15 @@ impl Module {
         let Bindings::V2(bindings) = &instance.bindings else {
             return Err((changes, "it changed world".to_owned()));
         };
-        let mut tables = Vec::new();
+        let mut tables: Vec<v2::Table> = Vec::new();
         let rows: Vec<v2::Row> = changes
             .iter_mut()
-            .map(|change| instance.tables.row(change, &mut tables, &mut instance.spare))
+            .map(|change| v2::Row {
+                op: change.op.into(),
+                table: instance.tables.id(change, |id, shape| tables.push(shape.table(id))),
+                values: lend(&mut change.columns, &mut instance.spare),
+                key: lend(&mut change.key, &mut instance.spare),
+            })
             .collect();
         arm(&mut instance.store, rows.len());
         let ctx = v2::TxContext::from(ctx);
@@ -340,14 +369,64 @@ impl Module {
         log_output(&self.name, &instance.stdout, &instance.stderr);
         // The values lent to the call go back to their changes.
         for (change, mut row) in changes.iter_mut().zip(rows) {
-            restore(&mut change.columns, row.values.drain(..));
-            restore(&mut change.key, row.key.drain(..));
+            restore(&mut change.columns, row.values.drain(..).map(Value::from));
+            restore(&mut change.key, row.key.drain(..).map(Value::from));
             instance.spare.give(row.values);
             instance.spare.give(row.key);
         }
+        self.settle(changes, result)
+    }
+
+    /// A batch through a `@0.3.0` component: the changes stay with the host
+    /// during the call, and the guest reads the values of those it needs.
+    /// When the call fails as a whole, the instance is dropped and the
+    /// changes come back, as they were, with the reason.
+    fn call_v3(&mut self, changes: Vec<Change>, ctx: &TxContext) -> Result<Vec<Outcome>, (Vec<Change>, String)> {
+        let Some(instance) = &mut self.instance else {
+            return Err((changes, "its instance could not be started".to_owned()));
+        };
+        let Bindings::V3(bindings) = &instance.bindings else {
+            return Err((changes, "it changed world".to_owned()));
+        };
+        let mut tables: Vec<v3::Table> = Vec::new();
+        let ops: Vec<_> = changes
+            .iter()
+            .map(|change| {
+                let table = instance.tables.id(change, |id, shape| tables.push(shape.table(id)));
+                (change.op.into(), table)
+            })
+            .collect();
+        let first = instance.store.data_mut().rows.lend(changes);
+        let rows: Vec<v3::Row> = (first..)
+            .zip(ops)
+            .map(|(id, (op, table))| v3::Row { op, table, id })
+            .collect();
+        arm(&mut instance.store, rows.len());
+        let ctx = v3::TxContext::from(ctx);
+        let result = self.runtime.run(
+            rows.len(),
+            bindings.call_transform(&mut instance.store, &tables, &rows, &ctx),
+        );
+        log_output(&self.name, &instance.stdout, &instance.stderr);
+        let changes = instance.store.data_mut().rows.take_back();
+        self.settle(changes, result)
+    }
+
+    /// What a batched call's result makes of its changes, which are back
+    /// from the call: one outcome per change. When the call failed as a whole
+    /// (a trap, a deadline, a wrong number of outcomes), the instance is
+    /// dropped and the changes come back with the reason.
+    fn settle<R: Into<Reply>>(
+        &mut self,
+        changes: Vec<Change>,
+        result: Option<wasmtime::Result<Vec<R>>>,
+    ) -> Result<Vec<Outcome>, (Vec<Change>, String)> {
         let failure = match result {
             None => waited_too_long(self.limits.call),
-            Some(Err(e)) => describe_failure(&self.name, &e, &instance.store),
+            Some(Err(e)) => match &self.instance {
+                Some(instance) => describe_failure(&self.name, &e, &instance.store),
+                None => error_text(&e),
+            },
             Some(Ok(outcomes)) if outcomes.len() != changes.len() => format!(
                 "it answered a batch of {} changes with {} outcomes; the batched world needs one outcome per change",
                 changes.len(),
@@ -357,35 +436,33 @@ impl Module {
                 return Ok(changes
                     .into_iter()
                     .zip(outcomes)
-                    .map(|(change, outcome)| self.outcome(change, outcome))
+                    .map(|(change, outcome)| self.outcome(change, outcome.into()))
                     .collect());
             }
         };
+        // A trapped or abandoned instance cannot be entered again.
         self.instance = None;
         Err((changes, failure))
     }
 
-    /// What one `@0.2.0` outcome makes of its change.
-    fn outcome(&self, mut change: Change, outcome: v2::Outcome) -> Outcome {
-        match outcome {
-            v2::Outcome::Keep => Ok(vec![change]),
-            v2::Outcome::Values(values) if values.len() == change.columns.len() => {
+    /// What one batched outcome makes of its change.
+    fn outcome(&self, mut change: Change, reply: Reply) -> Outcome {
+        match reply {
+            Reply::Keep => Ok(vec![change]),
+            Reply::Values(values) if values.len() == change.columns.len() => {
                 restore(&mut change.columns, values);
                 Ok(vec![change])
             }
-            v2::Outcome::Values(values) => Err(self.failed(format!(
+            Reply::Values(values) => Err(self.failed(format!(
                 "it returned {} values for a change of {} columns; `values` keeps the row's columns, so return `replace` to reshape it",
                 values.len(),
                 change.columns.len()
             ))),
-            v2::Outcome::Replace(changes) => {
-                let bytes = changes.iter().map(v2::Change::result_bytes).sum();
-                match too_much(changes.len(), bytes, &self.limits) {
-                    Some(reason) => Err(self.failed(reason)),
-                    None => Ok(changes.into_iter().map(Change::from).collect()),
-                }
-            }
-            v2::Outcome::Reject(message) => Err(TransformError::Rejected {
+            Reply::Replace { changes, bytes } => match too_much(changes.len(), bytes, &self.limits) {
+                Some(reason) => Err(self.failed(reason)),
+                None => Ok(changes),
+            },
+            Reply::Reject(message) => Err(TransformError::Rejected {
                 module: self.name.clone(),
                 message,
             }),
@@ -433,9 +510,9 @@ impl Spare {
 }
 
 /// Puts values back into their columns, in order.
-fn restore(columns: &mut [Column], values: impl IntoIterator<Item = v2::Value>) {
+fn restore(columns: &mut [Column], values: impl IntoIterator<Item = Value>) {
     for (column, value) in columns.iter_mut().zip(values) {
-        column.value = value.into();
+        column.value = value;
     }
 }
 
@@ -471,6 +548,11 @@ struct Shape {
 }
 
 impl Shape {
+    /// The table as a batched world sends it, under `id`.
+    fn table<T: SentTable>(&self, id: u32) -> T {
+        T::sent(id, &self.schema, &self.table, &self.columns, &self.key)
+    }
+
     /// Whether a change's values and key follow this table's columns; empty ones follow any.
     fn fits(&self, change: &Change) -> bool {
         let same = |defs: &[(String, String)], columns: &[Column]| {
@@ -486,9 +568,9 @@ impl Shape {
 }
 
 impl Tables {
-    /// The row for a change, its values lent; a table the instance has not
-    /// been sent is added to `new`.
-    fn row(&mut self, change: &mut Change, new: &mut Vec<v2::Table>, spare: &mut Spare) -> v2::Row {
+    /// The id of a change's table; a table the instance has not been sent
+    /// yet is added and passed to `send`.
+    fn id(&mut self, change: &Change, send: impl FnOnce(u32, &Shape)) -> u32 {
         let fits = |id: usize| self.shapes[id].table == change.table && self.shapes[id].fits(change);
         let found = self.last.filter(|&id| fits(id)).or_else(|| {
             self.by_name
@@ -506,50 +588,13 @@ impl Tables {
                 columns: defs(&change.columns),
                 key: defs(&change.key),
             };
-            let wit_defs = |defs: &[(String, String)]| -> Vec<v2::ColumnDef> {
-                defs.iter()
-                    .map(|(name, pg_type)| v2::ColumnDef {
-                        name: name.clone(),
-                        pg_type: pg_type.clone(),
-                    })
-                    .collect()
-            };
-            new.push(v2::Table {
-                id: id as u32,
-                schema: shape.schema.clone(),
-                name: change.table.clone(),
-                columns: wit_defs(&shape.columns),
-                key: wit_defs(&shape.key),
-            });
+            send(id as u32, &shape);
             self.by_name.entry(change.table.clone()).or_default().push(id);
             self.shapes.push(shape);
             id
         });
         self.last = Some(id);
-        v2::Row {
-            op: change.op.into(),
-            table: id as u32,
-            values: lend(&mut change.columns, spare),
-            key: lend(&mut change.key, spare),
-        }
-    }
-}
-
-impl From<v2::Target> for Target {
-    fn from(t: v2::Target) -> Self {
-        Self {
-            schema: t.schema,
-            table: t.name,
-            columns: t
-                .columns
-                .into_iter()
-                .map(|c| TargetColumn {
-                    name: c.name,
-                    pg_type: c.pg_type,
-                })
-                .collect(),
-            key: t.key,
-        }
+        id as u32
     }
 }
 

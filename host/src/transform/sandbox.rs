@@ -15,6 +15,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::rows::Rows;
 use super::{Limits, TransformError};
 
 /// Wasm stack per call; exhausting the host's own stack would abort the process.
@@ -117,6 +118,7 @@ pub(super) fn new_store(limits: &Limits) -> Result<(Store<Guest>, GuestOutput, G
         },
         memory_bytes: limits.memory_bytes,
         call: limits.call,
+        rows: Rows::default(),
     };
     let mut store = Store::new(engine()?, guest);
     store.limiter(|guest| &mut guest.limits);
@@ -223,6 +225,8 @@ pub(super) struct Guest {
     memory_bytes: usize,
     /// The deadline of a call carrying one change.
     call: Duration,
+    /// The batch of the `@0.3.0` call under way, which the guest reads from.
+    pub(super) rows: Rows,
 }
 
 impl WasiView for Guest {

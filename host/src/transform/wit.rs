@@ -1,17 +1,34 @@
-//! The bindings of the two worlds a transform may export, and the conversions
-//! between their types and [`crate::change`].
+//! The bindings of the three worlds a transform may export, and the
+//! conversions between their types and [`crate::change`].
 //!
-//! `wasmcdc:transform@0.2.0` (`wit/world.wit`) takes batches of rows whose
-//! tables cross once; `@0.1.0` (`wit/v0.1/world.wit`) takes one self-describing
-//! change per call. Both describe values, columns and changes the same way, so
-//! one set of conversions serves both.
+//! - `wasmcdc:transform@0.3.0` (`wit/world.wit`) takes batches of rows whose
+//!   tables cross once and whose values cross only when the guest reads them.
+//! - `@0.2.0` (`wit/v0.2/world.wit`) takes the same batches with every value.
+//! - `@0.1.0` (`wit/v0.1/world.wit`) takes one self-describing change per call.
+//!
+//! All three describe values, columns and changes the same way, so one set of
+//! conversions serves them.
 
 use crate::change::{Change, Column, Op, TxContext, Value};
 
-/// The batched world. Async, so that a guest waiting in a host call (a sleep,
-/// a poll, a read) can be abandoned at its deadline.
+/// The batched world whose rows are read on demand. Its exports are async, so
+/// that a guest waiting in a host call (a sleep, a poll, a read) can be
+/// abandoned at its deadline; its own imports (`rows`) answer at once, and
+/// trap on a row that is not in the call under way.
+pub mod v3 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "transformer",
+        exports: { default: async },
+        imports: { default: trappable },
+    });
+    pub use self::wasmcdc::transform::types::*;
+    pub use self::wasmcdc::transform::{rows, types};
+}
+
+/// The batched world that sends every value.
 pub mod v2 {
-    wasmtime::component::bindgen!({ path: "../wit", world: "transformer", exports: { default: async } });
+    wasmtime::component::bindgen!({ path: "../wit/v0.2", world: "transformer", exports: { default: async } });
     pub use self::wasmcdc::transform::types::*;
 }
 
@@ -23,8 +40,22 @@ pub mod v1 {
 
 /// The version of a world, as `transform check` prints it.
 pub const V1: &str = "wasmcdc:transform@0.1.0";
-/// The version of the batched world.
+/// The version of the batched world that sends every value.
 pub const V2: &str = "wasmcdc:transform@0.2.0";
+/// The version of the batched world whose values are read on demand.
+pub const V3: &str = "wasmcdc:transform@0.3.0";
+
+/// What a batched world's outcome makes of a row, in the host's types.
+pub enum Reply {
+    /// Passed on as it is.
+    Keep,
+    /// Passed on with these values, one per column.
+    Values(Vec<Value>),
+    /// Replaced by these changes, whose names and values come to `bytes`.
+    Replace { changes: Vec<Change>, bytes: usize },
+    /// Rejected with this reason.
+    Reject(String),
+}
 
 /// The conversions of one world's value, column, change, operation and
 /// transaction context: the same for both worlds.
@@ -173,5 +204,71 @@ macro_rules! conversions {
     };
 }
 
+/// A batched world's `table`, built from what the host keeps of it.
+pub trait SentTable {
+    /// The table sent under `id`, with its columns and key as `(name, type)` pairs.
+    fn sent(id: u32, schema: &str, name: &str, columns: &[(String, String)], key: &[(String, String)]) -> Self;
+}
+
+/// The tables and outcomes of the batched worlds.
+macro_rules! batched {
+    ($wit:ident) => {
+        impl SentTable for $wit::Table {
+            fn sent(id: u32, schema: &str, name: &str, columns: &[(String, String)], key: &[(String, String)]) -> Self {
+                let defs = |defs: &[(String, String)]| {
+                    defs.iter()
+                        .map(|(name, pg_type)| $wit::ColumnDef {
+                            name: name.clone(),
+                            pg_type: pg_type.clone(),
+                        })
+                        .collect()
+                };
+                Self {
+                    id,
+                    schema: schema.to_owned(),
+                    name: name.to_owned(),
+                    columns: defs(columns),
+                    key: defs(key),
+                }
+            }
+        }
+
+        impl From<$wit::Outcome> for Reply {
+            fn from(outcome: $wit::Outcome) -> Self {
+                match outcome {
+                    $wit::Outcome::Keep => Self::Keep,
+                    $wit::Outcome::Values(values) => Self::Values(values.into_iter().map(Into::into).collect()),
+                    $wit::Outcome::Replace(changes) => Self::Replace {
+                        bytes: changes.iter().map($wit::Change::result_bytes).sum(),
+                        changes: changes.into_iter().map(Into::into).collect(),
+                    },
+                    $wit::Outcome::Reject(message) => Self::Reject(message),
+                }
+            }
+        }
+
+        impl From<$wit::Target> for crate::change::Target {
+            fn from(t: $wit::Target) -> Self {
+                Self {
+                    schema: t.schema,
+                    table: t.name,
+                    columns: t
+                        .columns
+                        .into_iter()
+                        .map(|c| crate::change::TargetColumn {
+                            name: c.name,
+                            pg_type: c.pg_type,
+                        })
+                        .collect(),
+                    key: t.key,
+                }
+            }
+        }
+    };
+}
+
 conversions!(v1);
 conversions!(v2);
+conversions!(v3);
+batched!(v2);
+batched!(v3);

@@ -6,7 +6,14 @@
 //! renaming, adding or removing a column, or routing the change to another
 //! table, gives the change a shape of its own, and the host then receives it
 //! whole, with every name and type.
+//!
+//! A delivered change's values stay with the host until the transform first
+//! reads them, so a change passed on unread costs no copy. They can be read
+//! only during the call that delivered the change: a transform that keeps a
+//! change past its call calls [`Change::load`] first; one that does not fails
+//! the later call that reads it, with the reason.
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 
 use crate::{Column, ColumnDef, Op, Target, TxContext, Value};
@@ -31,17 +38,66 @@ pub(crate) struct Shape {
 pub struct Change {
     op: Op,
     pub(crate) shape: Rc<Shape>,
-    pub(crate) values: Vec<Value>,
-    pub(crate) key: Vec<Value>,
+    pub(crate) values: Values,
+    pub(crate) key: Values,
     /// Whether a value was edited in place, so the host needs the new values.
     pub(crate) edited: bool,
+    /// The id of the row it was delivered as, which clones share; `None` when built.
+    pub(crate) row: Option<u64>,
 }
 
 impl PartialEq for Change {
     /// Two changes are equal when they do the same thing to the same table
     /// with the same values, however they were made.
     fn eq(&self, other: &Self) -> bool {
-        self.op == other.op && self.shape == other.shape && self.values == other.values && self.key == other.key
+        self.op == other.op
+            && self.shape == other.shape
+            && self.values.get() == other.values.get()
+            && self.key.get() == other.key.get()
+    }
+}
+
+/// Reads a delivered row's values or key from the host, by the row's id.
+pub(crate) type Read = fn(u64) -> Vec<Value>;
+
+/// A change's values, or its key: read from the host on first use when the
+/// change was delivered, held from the start when it was built.
+#[derive(Clone, Debug)]
+pub(crate) struct Values {
+    list: OnceCell<Vec<Value>>,
+    /// Where an unread list comes from.
+    unread: Option<(Read, u64)>,
+}
+
+impl Values {
+    /// A list the transform built.
+    fn held(list: Vec<Value>) -> Self {
+        Self {
+            list: OnceCell::from(list),
+            unread: None,
+        }
+    }
+
+    /// The list of delivered row `id`, left with the host until read.
+    fn unread(read: Read, id: u64) -> Self {
+        Self {
+            list: OnceCell::new(),
+            unread: Some((read, id)),
+        }
+    }
+
+    fn get(&self) -> &Vec<Value> {
+        self.list
+            .get_or_init(|| self.unread.map(|(read, id)| read(id)).unwrap_or_default())
+    }
+
+    fn get_mut(&mut self) -> &mut Vec<Value> {
+        self.get();
+        self.list.get_mut().expect("the list was read just above")
+    }
+
+    pub(crate) fn into_vec(mut self) -> Vec<Value> {
+        std::mem::take(self.get_mut())
     }
 }
 
@@ -83,21 +139,31 @@ impl Change {
                 columns,
                 key: key_columns,
             }),
-            values,
-            key,
+            values: Values::held(values),
+            key: Values::held(key),
             edited: false,
+            row: None,
         }
     }
 
-    /// A change as the host delivered it, sharing its table's shape.
-    pub(crate) fn delivered(op: Op, shape: Rc<Shape>, values: Vec<Value>, key: Vec<Value>) -> Self {
+    /// Row `id` as the host delivered it, sharing its table's shape.
+    pub(crate) fn delivered(op: Op, shape: Rc<Shape>, id: u64, read: [Read; 2]) -> Self {
         Self {
             op,
             shape,
-            values,
-            key,
+            values: Values::unread(read[0], id),
+            key: Values::unread(read[1], id),
             edited: false,
+            row: Some(id),
         }
+    }
+
+    /// Reads the values and the key from the host now, if they are not read
+    /// yet, so that the change can be kept past the call that delivered it
+    /// (to merge it with later ones, say) and read or returned later.
+    pub fn load(&self) {
+        self.values.get();
+        self.key.get();
     }
 
     /// What happened to the row.
@@ -132,12 +198,12 @@ impl Change {
     pub fn with_op(&self, op: Op) -> Self {
         let mut change = self.clone();
         change.op = op;
-        if matches!(op, Op::Delete | Op::Truncate) && !change.values.is_empty() {
-            change.values.clear();
+        if matches!(op, Op::Delete | Op::Truncate) && !change.values.get().is_empty() {
+            change.values = Values::held(Vec::new());
             Rc::make_mut(&mut change.shape).columns.clear();
         }
-        if matches!(op, Op::Insert | Op::Truncate) && !change.key.is_empty() {
-            change.key.clear();
+        if matches!(op, Op::Insert | Op::Truncate) && !change.key.get().is_empty() {
+            change.key = Values::held(Vec::new());
             Rc::make_mut(&mut change.shape).key.clear();
         }
         change
@@ -145,17 +211,17 @@ impl Change {
 
     /// The new values, each with its column's name and type.
     pub fn columns(&self) -> impl Iterator<Item = (&ColumnDef, &Value)> {
-        self.shape.columns.iter().zip(&self.values)
+        self.shape.columns.iter().zip(self.values.get())
     }
 
     /// The key values, each with its column's name and type.
     pub fn key(&self) -> impl Iterator<Item = (&ColumnDef, &Value)> {
-        self.shape.key.iter().zip(&self.key)
+        self.shape.key.iter().zip(self.key.get())
     }
 
     fn position(&self, name: &str) -> Option<usize> {
         let at = self.shape.columns.iter().position(|c| c.name == name)?;
-        (at < self.values.len()).then_some(at)
+        (at < self.values.get().len()).then_some(at)
     }
 
     /// The PostgreSQL type of the column called `name`, as `format_type` prints it.
@@ -166,21 +232,21 @@ impl Change {
     /// The new value of the column called `name`; `None` when the row's new
     /// values lack it (always so for a delete or truncate).
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.position(name).map(|at| &self.values[at])
+        self.position(name).map(|at| &self.values.get()[at])
     }
 
     /// The new value of the column called `name`, to edit in place.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
         let at = self.position(name)?;
         self.edited = true;
-        Some(&mut self.values[at])
+        Some(&mut self.values.get_mut()[at])
     }
 
     /// The value of the key column called `name`, as the row was before an
     /// update or delete.
     pub fn get_key(&self, name: &str) -> Option<&Value> {
         let at = self.shape.key.iter().position(|c| c.name == name)?;
-        self.key.get(at)
+        self.key.get().get(at)
     }
 
     /// Sets the new value of the column called `name`, keeping its type; a
@@ -196,12 +262,12 @@ impl Change {
     pub fn push(&mut self, column: Column) {
         let shape = Rc::make_mut(&mut self.shape);
         // A delete's shape may still name columns it carries no values for.
-        shape.columns.truncate(self.values.len());
+        shape.columns.truncate(self.values.get().len());
         shape.columns.push(ColumnDef {
             name: column.name,
             pg_type: column.pg_type,
         });
-        self.values.push(column.value);
+        self.values.get_mut().push(column.value);
     }
 
     /// Removes the column called `name` from the row's new values and returns
@@ -212,7 +278,7 @@ impl Change {
         Some(Column {
             name: def.name,
             pg_type: def.pg_type,
-            value: self.values.remove(at),
+            value: self.values.get_mut().remove(at),
         })
     }
 
@@ -237,7 +303,11 @@ impl Change {
     /// swaps the two.
     pub fn rename_with(&mut self, new_name: impl Fn(&str) -> Option<String>) {
         let shape = &self.shape;
-        let any = shape.columns.iter().chain(&shape.key).any(|c| new_name(&c.name).is_some());
+        let any = shape
+            .columns
+            .iter()
+            .chain(&shape.key)
+            .any(|c| new_name(&c.name).is_some());
         if !any {
             return;
         }
@@ -252,17 +322,17 @@ impl Change {
     /// Whether an update left a TOASTed column out, so that its new values are
     /// not the whole row.
     pub fn has_unchanged_toast(&self) -> bool {
-        self.values.iter().any(|v| *v == Value::UnchangedToast)
+        self.values.get().contains(&Value::UnchangedToast)
     }
 
     /// The new values as named columns.
     pub fn to_columns(&self) -> Vec<Column> {
-        join(&self.shape.columns, &self.values)
+        join(&self.shape.columns, self.values.get())
     }
 
     /// The key as named columns.
     pub fn to_key(&self) -> Vec<Column> {
-        join(&self.shape.key, &self.key)
+        join(&self.shape.key, self.key.get())
     }
 }
 
@@ -404,11 +474,20 @@ mod tests {
     #[test]
     fn builders_fill_what_each_operation_carries() {
         let insert = Change::insert("public", "t", vec![int("id", 1)]);
-        assert_eq!((insert.op(), insert.columns().count(), insert.key().count()), (Op::Insert, 1, 0));
+        assert_eq!(
+            (insert.op(), insert.columns().count(), insert.key().count()),
+            (Op::Insert, 1, 0)
+        );
         let delete = Change::delete("public", "t", vec![int("id", 1)]);
-        assert_eq!((delete.op(), delete.columns().count(), delete.key().count()), (Op::Delete, 0, 1));
+        assert_eq!(
+            (delete.op(), delete.columns().count(), delete.key().count()),
+            (Op::Delete, 0, 1)
+        );
         let truncate = Change::truncate("s", "t");
-        assert_eq!((truncate.op(), truncate.schema(), truncate.table()), (Op::Truncate, "s", "t"));
+        assert_eq!(
+            (truncate.op(), truncate.schema(), truncate.table()),
+            (Op::Truncate, "s", "t")
+        );
         assert!(truncate.to_columns().is_empty() && truncate.to_key().is_empty());
         assert_eq!(update().op(), Op::Update);
     }
@@ -451,7 +530,11 @@ mod tests {
         assert_eq!(change.to_columns().len(), 3);
         assert_eq!(change.to_columns()[0], int("id", 2));
         assert_eq!(change.pg_type("seen"), Some("timestamp with time zone"));
-        assert_eq!(change.get_key("id"), Some(&Value::Int(1)), "the key names the row as it was");
+        assert_eq!(
+            change.get_key("id"),
+            Some(&Value::Int(1)),
+            "the key names the row as it was"
+        );
     }
 
     #[test]
@@ -482,9 +565,15 @@ mod tests {
     #[test]
     fn with_op_keeps_what_the_operation_carries() {
         let delete = update().with_op(Op::Delete);
-        assert_eq!((delete.op(), delete.columns().count(), delete.key().count()), (Op::Delete, 0, 1));
+        assert_eq!(
+            (delete.op(), delete.columns().count(), delete.key().count()),
+            (Op::Delete, 0, 1)
+        );
         let insert = update().with_op(Op::Insert);
-        assert_eq!((insert.op(), insert.columns().count(), insert.key().count()), (Op::Insert, 2, 0));
+        assert_eq!(
+            (insert.op(), insert.columns().count(), insert.key().count()),
+            (Op::Insert, 2, 0)
+        );
         let mut delete = delete;
         delete.push(int("x", 1));
         assert_eq!(names(&delete), ["x"]);
