@@ -21,7 +21,7 @@ use crate::source::relations::Relations;
 use crate::source::wal2json::{self, Event};
 use crate::source::{Frame, PgTarget, SourceError};
 use crate::transform::watch::ChainWatcher;
-use crate::transform::{TransformChain, TransformError, guest_code};
+use crate::transform::{Refused, TransformChain, TransformError, guest_code};
 
 /// The dead-letter stage of a partition's own TRUNCATE, which `dlq replay` refuses.
 pub const PARTITION_STAGE: &str = "partition";
@@ -348,11 +348,9 @@ impl Capture<'_> {
                 wal2json::complete_update(&mut change, old_row, &def.columns);
                 let partitioned = def.partitions.is_some();
                 let table = def.name.clone();
-                let primary_key = if self.chain.is_empty() {
-                    Vec::new()
-                } else {
-                    def.primary_key.clone()
-                };
+                if !self.chain.is_empty() {
+                    change = with_insert_key(change, &def.primary_key);
+                }
                 match relation {
                     Some(relation) if partitioned && relation == table => self.truncating = Some(table),
                     // A partition's own truncate after its table's: already emptied.
@@ -367,7 +365,7 @@ impl Capture<'_> {
                 if self.chain.is_empty() {
                     self.batcher.change(change, &mut self.out);
                 } else {
-                    self.pending.push(with_insert_key(change, &primary_key));
+                    self.pending.push(change);
                     if self.pending.len() >= self.chain.limits().batch {
                         self.transform_pending().await?;
                     }
@@ -486,26 +484,42 @@ pub(crate) async fn transform_changes(
         out.extend(changes);
         return Ok(true);
     }
-    // The untransformed changes, for the dead letters of those refused.
-    let originals = changes.clone();
+    // The source table of each change, as an index into `sources`: a batch names few tables.
+    let mut sources: Vec<(String, String)> = Vec::new();
+    let origins: Vec<usize> = changes
+        .iter()
+        .map(
+            |c| match sources.iter().rposition(|(s, t)| *s == c.schema && *t == c.table) {
+                Some(at) => at,
+                None => {
+                    sources.push((c.schema.clone(), c.table.clone()));
+                    sources.len() - 1
+                }
+            },
+        )
+        .collect();
     let outcomes = guest_code(|| chain.apply_batch(changes, context));
-    if outcomes.iter().any(|o| matches!(o, Err(TransformError::Stopped))) {
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, Err(refused) if matches!(refused.error, TransformError::Stopped)))
+    {
         return Ok(false);
     }
-    for (change, outcome) in originals.into_iter().zip(outcomes) {
-        let e = match outcome {
+    for (origin, outcome) in origins.into_iter().zip(outcomes) {
+        let Refused { error: e, change } = match outcome {
             Ok(changes) => {
                 // The key an insert was given is for a table made from a routed change;
                 // one that stays in its source table, which exists, needs no key on the wire.
+                let (schema, table) = &sources[origin];
                 out.extend(changes.into_iter().map(|mut c| {
-                    if c.op == Op::Insert && c.table == change.table && c.schema == change.schema {
+                    if c.op == Op::Insert && c.table == *table && c.schema == *schema {
                         c.key.clear();
                     }
                     c
                 }));
                 continue;
             }
-            Err(e) => e,
+            Err(refused) => *refused,
         };
         let table = change.qualified_table();
         tracing::error!(%table, lsn = %context.commit_lsn, error = %e, "dead-lettering a change the transform chain refused");

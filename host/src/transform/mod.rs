@@ -20,7 +20,7 @@ mod trial;
 mod wit;
 
 pub use check::{CheckReport, check};
-pub use module::Outcome;
+pub use module::{Outcome, Refused};
 pub use trial::{TypeOids, run_test};
 
 use crate::catalog::TableName;
@@ -345,9 +345,9 @@ impl TransformChain {
     }
 
     /// Runs one change through every module, in order, that applies to its source table.
-    pub fn apply(&mut self, change: Change, ctx: &TxContext) -> Outcome {
+    pub fn apply(&mut self, change: Change, ctx: &TxContext) -> Result<Vec<Change>, TransformError> {
         match self.apply_batch(vec![change], ctx).pop() {
-            Some(outcome) => outcome,
+            Some(outcome) => outcome.map_err(|refused| refused.error),
             None => Ok(Vec::new()),
         }
     }
@@ -356,7 +356,8 @@ impl TransformChain {
     /// applies to a change's source table sees it, in chain order, and each
     /// module gets its changes in one call per [`Limits::batch`]. Returns one outcome
     /// per change, in order; a change that a module refuses or fails on is an
-    /// error on its own, and nothing derived from it goes further.
+    /// error on its own, handed back as it came into the chain, and nothing
+    /// derived from it goes further.
     ///
     /// A module limited to a table sees every change derived from that
     /// table's change, even after an earlier module renamed or routed it.
@@ -383,6 +384,8 @@ impl TransformChain {
         } else {
             Vec::new()
         };
+        // A change refused by a later module is handed back as it came in.
+        let originals = changes.clone();
         let mut failed: Vec<Option<TransformError>> = (0..count).map(|_| None).collect();
         // Every change in flight, with the index of the change it came from.
         let mut items: Vec<(usize, Change)> = changes.into_iter().enumerate().collect();
@@ -417,8 +420,8 @@ impl TransformChain {
                     Some(change) => items.push((origin, change)),
                     None => match results.next() {
                         Some(Ok(changes)) => items.extend(changes.into_iter().map(|c| (origin, c))),
-                        Some(Err(e)) => {
-                            failed[origin].get_or_insert(e);
+                        Some(Err(refused)) => {
+                            failed[origin].get_or_insert(refused.error);
                         }
                         None => {
                             failed[origin].get_or_insert(TransformError::Failed {
@@ -432,8 +435,9 @@ impl TransformChain {
         }
         let mut outcomes: Vec<Outcome> = failed
             .into_iter()
-            .map(|failure| match failure {
-                Some(e) => Err(e),
+            .zip(originals)
+            .map(|(failure, change)| match failure {
+                Some(error) => Err(Box::new(Refused { error, change })),
                 None => Ok(Vec::new()),
             })
             .collect();
@@ -462,7 +466,7 @@ fn observed_call(
         started,
         outcomes
             .iter()
-            .filter_map(|o| o.as_ref().err())
+            .filter_map(|o| o.as_ref().err().map(|refused| &refused.error))
             .filter(|e| !matches!(e, TransformError::Stopped)),
     );
     outcomes
@@ -1088,6 +1092,10 @@ mod tests {
         assert!(out[5].as_ref().expect("drop").is_empty());
         assert!(failure(6).contains("waiting in a host call"), "{}", failure(6));
         assert!(failure(7).contains("it ran for more than 100 ms"), "{}", failure(7));
+        // Each refused change comes back as it was given, for its dead letter.
+        for i in [1, 3, 6, 7] {
+            assert_eq!(out[i].as_ref().expect_err("refused").change, batch[i], "{}", tables[i]);
+        }
         assert_eq!(out[8].as_ref().expect("last"), &vec![batch[8].clone()]);
         // A failed batch leaves a working instance behind.
         let next = change(Op::Update, "orders");
@@ -1123,6 +1131,30 @@ mod tests {
             out[1].as_ref().expect("stale, on a fresh instance"),
             &vec![batch[1].clone()]
         );
+    }
+
+    #[test]
+    fn a_change_refused_further_down_a_chain_comes_back_as_it_came_in() {
+        // The first module routes every change to table `reject`, which the
+        // second rejects: the refused change is the chain's input, not the
+        // routed one.
+        let mut chain = TransformChain::load(
+            &[component("rename"), component("probe_batched")],
+            &config(&["rename.table=reject"]),
+        )
+        .expect("load");
+        let batch = vec![change(Op::Insert, "itrequests"), change(Op::Update, "orders")];
+        let out = chain.apply_batch(batch.clone(), &ctx());
+        for (sent, outcome) in batch.iter().zip(&out) {
+            let refused = outcome.as_ref().expect_err("rejected");
+            assert!(
+                refused
+                    .to_string()
+                    .ends_with("rejected the change: rejected on request"),
+                "{refused}"
+            );
+            assert_eq!(&refused.change, sent);
+        }
     }
 
     #[test]

@@ -27,8 +27,28 @@ use super::{Limits, ModuleSpec, TransformError};
 use crate::change::{Change, Column, Target, TxContext, Value};
 
 /// What became of one change given to a module or a chain: the changes it
-/// became (none when dropped), or why it could not be transformed.
-pub type Outcome = Result<Vec<Change>, TransformError>;
+/// became (none when dropped), or why it could not be transformed, with the
+/// change as it was given.
+pub type Outcome = Result<Vec<Change>, Box<Refused>>;
+
+/// A change that could not be transformed, handed back as it was given, so
+/// that whoever dead-letters it needs no copy of every change made in case.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: TransformError,
+    pub change: Change,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// Refuses `change` for `error`.
+fn refuse(change: Change, error: TransformError) -> Outcome {
+    Err(Box::new(Refused { error, change }))
+}
 
 /// A component linked against the host, ready to instantiate, in the world it exports.
 enum Pre {
@@ -252,17 +272,20 @@ impl Module {
             return Vec::new();
         }
         if stop.is_cancelled() {
-            return changes.iter().map(|_| Err(TransformError::Stopped)).collect();
+            return changes
+                .into_iter()
+                .map(|c| refuse(c, TransformError::Stopped))
+                .collect();
         }
         if let Err(e) = self.ensure_started() {
-            return changes.iter().map(|_| Err(e.again())).collect();
+            return changes.into_iter().map(|c| refuse(c, e.again())).collect();
         }
         if matches!(self.pre, Pre::V1(_)) {
             let ctx = v1::TxContext::from(ctx);
             return changes
                 .into_iter()
                 .map(|change| match stop.is_cancelled() {
-                    true => Err(TransformError::Stopped),
+                    true => refuse(change, TransformError::Stopped),
                     false => self.call_v1(change, &ctx),
                 })
                 .collect();
@@ -274,10 +297,10 @@ impl Module {
         };
         match called {
             Ok(outcomes) => outcomes,
-            Err((changes, reason)) if count == 1 => {
-                drop(changes);
-                vec![Err(self.failed(reason))]
-            }
+            Err((changes, reason)) if count == 1 => changes
+                .into_iter()
+                .map(|change| refuse(change, self.failed(reason.clone())))
+                .collect(),
             Err((changes, reason)) => {
                 tracing::debug!(module = %self.name, count, reason, "a batch failed; transforming its changes one at a time");
                 changes
@@ -303,41 +326,45 @@ impl Module {
         }
     }
 
-    /// One change through a `@0.1.0` component.
+    /// One change through a `@0.1.0` component, which takes it whole: a copy
+    /// is kept to hand back if it is refused.
     fn call_v1(&mut self, change: Change, ctx: &v1::TxContext) -> Outcome {
-        self.ensure_started()?;
+        if let Err(e) = self.ensure_started() {
+            return refuse(change, e);
+        }
         let Some(instance) = &mut self.instance else {
-            return Err(self.failed("its instance could not be started".to_owned()));
+            return refuse(change, self.failed("its instance could not be started".to_owned()));
         };
         let Bindings::V1(bindings) = &instance.bindings else {
-            return Err(self.failed("it changed world".to_owned()));
+            return refuse(change, self.failed("it changed world".to_owned()));
         };
         arm(&mut instance.store, 1);
-        let change = v1::Change::from(change);
+        let sent = v1::Change::from(change.clone());
         let result = self
             .runtime
-            .run(1, bindings.call_transform(&mut instance.store, &change, ctx));
+            .run(1, bindings.call_transform(&mut instance.store, &sent, ctx));
         log_output(&self.name, &instance.stdout, &instance.stderr);
-        let outcome = match result {
-            None => Err(waited_too_long(self.limits.call)),
-            Some(Err(e)) => Err(describe_failure(&self.name, &e, &instance.store)),
+        let reason = match result {
+            None => waited_too_long(self.limits.call),
+            Some(Err(e)) => describe_failure(&self.name, &e, &instance.store),
             Some(Ok(Err(message))) => {
-                return Err(TransformError::Rejected {
+                let error = TransformError::Rejected {
                     module: self.name.clone(),
                     message,
-                });
+                };
+                return refuse(change, error);
             }
             Some(Ok(Ok(changes))) => {
                 let bytes = changes.iter().map(v1::Change::result_bytes).sum();
-                match too_much(changes.len(), bytes, &self.limits) {
-                    Some(reason) => return Err(self.failed(reason)),
-                    None => return Ok(changes.into_iter().map(Change::from).collect()),
-                }
+                return match too_much(changes.len(), bytes, &self.limits) {
+                    Some(reason) => refuse(change, self.failed(reason)),
+                    None => Ok(changes.into_iter().map(Change::from).collect()),
+                };
             }
         };
         // A trapped or abandoned instance cannot be entered again.
         self.instance = None;
-        outcome.map_err(|reason| self.failed(reason))
+        refuse(change, self.failed(reason))
     }
 
     /// A batch through a `@0.2.0` component. When the call fails as a whole,
@@ -453,19 +480,25 @@ impl Module {
                 restore(&mut change.columns, values);
                 Ok(vec![change])
             }
-            Reply::Values(values) => Err(self.failed(format!(
-                "it returned {} values for a change of {} columns; `values` keeps the row's columns, so return `replace` to reshape it",
-                values.len(),
-                change.columns.len()
-            ))),
+            Reply::Values(values) => {
+                let reason = format!(
+                    "it returned {} values for a change of {} columns; `values` keeps the row's columns, so return `replace` to reshape it",
+                    values.len(),
+                    change.columns.len()
+                );
+                refuse(change, self.failed(reason))
+            }
             Reply::Replace { changes, bytes } => match too_much(changes.len(), bytes, &self.limits) {
-                Some(reason) => Err(self.failed(reason)),
+                Some(reason) => refuse(change, self.failed(reason)),
                 None => Ok(changes),
             },
-            Reply::Reject(message) => Err(TransformError::Rejected {
-                module: self.name.clone(),
-                message,
-            }),
+            Reply::Reject(message) => {
+                let error = TransformError::Rejected {
+                    module: self.name.clone(),
+                    message,
+                };
+                refuse(change, error)
+            }
         }
     }
 }
